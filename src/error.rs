@@ -50,22 +50,34 @@ pub enum Error {
 impl Error {
     /// Wraps an I/O error with the path it concerns.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
 
     /// A file whose content is wrong.
     pub fn invalid(path: impl Into<PathBuf>, what: impl Into<String>) -> Self {
-        Error::Invalid { path: path.into(), what: what.into() }
+        Error::Invalid {
+            path: path.into(),
+            what: what.into(),
+        }
     }
 
     /// A dataset that cannot be used as a whole.
     pub fn dataset(root: impl Into<PathBuf>, what: impl Into<String>) -> Self {
-        Error::Dataset { root: root.into(), what: what.into() }
+        Error::Dataset {
+            root: root.into(),
+            what: what.into(),
+        }
     }
 
     /// Weights that cannot be read or do not fit.
     pub fn weights(path: impl Into<PathBuf>, what: impl Into<String>) -> Self {
-        Error::Weights { path: path.into(), what: what.into() }
+        Error::Weights {
+            path: path.into(),
+            what: what.into(),
+        }
     }
 }
 

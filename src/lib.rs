@@ -11,10 +11,27 @@
 //!   image decoding with limits, class-balanced sampling and probe preprocessing;
 //! - [`probe`]: probe networks in candle (EfficientNet-Lite0, ResNet-18/34/50), forward and
 //!   backward, with their weight loaders (including PyTorch's legacy `.pth` format);
+//! - [`head`]: the task's linear classifier head, fitted on cached probe features (reference
+//!   recipe: Adam with coupled L2 weight decay, class-balanced draws);
+//! - [`fisher`]: the Fisher diagonal of the probe's weights for a task (Monte-Carlo,
+//!   per-example and variational estimators);
+//! - [`embedding`]: the Task2Vec vector (filter averaging of a Fisher diagonal, its layout),
+//!   its settings and metadata, and its safetensors file format;
+//! - [`pipeline`]: the end-to-end `embed` (features → head → Fisher → filter averaging),
+//!   seeded and reproducible, with progress reports; also the trivial (random-label)
+//!   embedding;
+//! - [`distance`]: the Task2Vec distances (d_sym, d_asym, KL family), pdist / cdist;
+//! - [`threads`]: the compute thread count, set once at start-up;
 //! - [`error`]: the typed error every function returns.
 
 pub mod dataset;
+pub mod distance;
+pub mod embedding;
 pub mod error;
+pub mod fisher;
+pub mod head;
+pub mod pipeline;
 pub mod probe;
+pub mod threads;
 
 pub use error::{Error, Result};

@@ -54,7 +54,10 @@ impl BatchNorm {
                 let flat = x.permute(dims)?.reshape(((), c))?;
                 let mean = flat.mean_keepdim(0)?;
                 let var = flat.broadcast_sub(&mean)?.sqr()?.mean_keepdim(0)?;
-                (mean.reshape(shape.as_slice())?, var.reshape(shape.as_slice())?)
+                (
+                    mean.reshape(shape.as_slice())?,
+                    var.reshape(shape.as_slice())?,
+                )
             }
         };
         let inv_std = (var + self.eps)?.sqrt()?.recip()?;

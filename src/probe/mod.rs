@@ -9,11 +9,14 @@ use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use crate::dataset::Preprocess;
-use crate::Result;
+use crate::{Error, Result};
 
 pub mod efficientnet_lite;
+pub mod imagenet;
 pub mod layers;
+pub mod ops;
 pub mod resnet;
+pub mod spec;
 pub mod weights;
 
 /// How batch normalisation behaves in a forward pass.
@@ -40,7 +43,10 @@ pub struct Forward {
 
 impl Forward {
     /// Inference: BN in eval mode, no gradient graph.
-    pub const INFERENCE: Forward = Forward { bn: BnMode::Eval, grad: false };
+    pub const INFERENCE: Forward = Forward {
+        bn: BnMode::Eval,
+        grad: false,
+    };
 }
 
 /// What a parameter is, which decides how Task2Vec averages its Fisher per filter.
@@ -94,6 +100,24 @@ pub struct ProbeInfo {
     pub preprocess: Preprocess,
 }
 
+/// A perturbation of every convolution's output during a forward pass: the hook through which
+/// the variational Fisher adds its weight noise (local reparametrisation, see
+/// `crate::fisher::variational`). Used by [`Probe::forward_stages_perturbed`].
+pub trait ConvPerturbation {
+    /// A tensor to add to the raw output of convolution `module` (before its batch norm), or
+    /// `None` to leave it as it is.
+    ///
+    /// `input` is the convolution's input; `conv(a, k)` applies this layer's convolution (same
+    /// stride, padding and groups, no bias) to any input `a` shaped like `input` and any kernel
+    /// `k` shaped like the layer's weight, differentiably in both.
+    fn perturb(
+        &self,
+        module: &str,
+        input: &Tensor,
+        conv: &dyn Fn(&Tensor, &Tensor) -> Result<Tensor>,
+    ) -> Result<Option<Tensor>>;
+}
+
 /// A probe network.
 pub trait Probe: Send + Sync {
     /// Facts about this probe.
@@ -103,6 +127,25 @@ pub trait Probe: Send + Sync {
     /// cached output of stage `from - 1` otherwise). With `to == num_stages` the result is the
     /// pooled penultimate features `[N, feature_dim]`.
     fn forward_stages(&self, x: &Tensor, from: usize, to: usize, fwd: Forward) -> Result<Tensor>;
+
+    /// [`Probe::forward_stages`] with `hook` adding a perturbation to the output of every
+    /// convolution, before its batch norm. Probes that do not support it return
+    /// [`Error::Mismatch`] (the default).
+    fn forward_stages_perturbed(
+        &self,
+        x: &Tensor,
+        from: usize,
+        to: usize,
+        fwd: Forward,
+        hook: &dyn ConvPerturbation,
+    ) -> Result<Tensor> {
+        let _ = (x, from, to, fwd, hook);
+        Err(Error::Mismatch(format!(
+            "probe `{}` does not support perturbed forward passes (needed by the variational \
+             Fisher)",
+            self.info().arch
+        )))
+    }
 
     /// Applies the shipped classifier to pooled features, giving logits `[N, num_classes]`.
     fn classify(&self, features: &Tensor, fwd: Forward) -> Result<Tensor>;

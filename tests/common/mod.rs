@@ -23,7 +23,9 @@ fn must_exist(p: PathBuf) -> PathBuf {
 
 /// `./assets` or `$T2V_ASSETS`.
 pub fn assets() -> PathBuf {
-    std::env::var_os("T2V_ASSETS").map(PathBuf::from).unwrap_or_else(|| root().join("assets"))
+    std::env::var_os("T2V_ASSETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("assets"))
 }
 
 /// A file shipped inside one of the PyPI wheels, e.g. `foolbox/data/imagenet_00_243.jpg`.
@@ -54,12 +56,22 @@ pub fn foolbox_imagenet() -> Vec<(PathBuf, usize)> {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter_map(|p| {
             let name = p.file_stem()?.to_str()?.to_string();
-            let label = name.strip_prefix("imagenet_")?.split('_').nth(1)?.parse().ok()?;
+            let label = name
+                .strip_prefix("imagenet_")?
+                .split('_')
+                .nth(1)?
+                .parse()
+                .ok()?;
             Some((p, label))
         })
         .collect();
     out.sort();
-    assert_eq!(out.len(), 20, "expected 20 foolbox ImageNet photos in {}", dir.display());
+    assert_eq!(
+        out.len(),
+        20,
+        "expected 20 foolbox ImageNet photos in {}",
+        dir.display()
+    );
     out
 }
 

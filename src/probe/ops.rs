@@ -1,0 +1,355 @@
+//! Custom candle operations that make the probes' backward pass fast *and* exact.
+//!
+//! candle's generic convolution is a poor fit for mobile networks: grouped convolutions run one
+//! group at a time (1152 groups in EfficientNet's late blocks), its convolution backward goes
+//! through a naive transposed convolution (computed even for the input images), and the
+//! gradients of per-channel parameters are summed with a slow generic reduction. The
+//! operations here replace those paths:
+//!
+//! - [`depthwise_conv2d`]: a depthwise k×k convolution with TensorFlow "SAME" padding, whose
+//!   backward computes the input and kernel gradients directly, in parallel over planes;
+//! - [`channel_matmul`], [`pointwise_conv`], [`conv2d_same`]: 1×1 convolutions and (through
+//!   im2col) dense ones as per-image matrix products, the kernel gradient accumulated in place;
+//! - [`bias_act`], [`batch_norm_train`]: batch-norm epilogues fused with ReLU6;
+//! - [`relu6`]: `min(max(x, 0), 6)` with PyTorch's derivative, 1 only for `0 < x < 6`.
+//!
+//! The CPU kernels support F32 and F64. On other devices every function falls back to an
+//! equivalent composition of candle's built-in operations (slower, same results).
+//!
+//! Gradients are first order only: the backward passes are not themselves differentiable.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{
+    bail, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor, WithDType,
+};
+use rayon::prelude::*;
+
+use crate::Result;
+
+mod batch_norm;
+mod depthwise;
+mod matmul;
+
+pub use batch_norm::{batch_norm_train, bias_act};
+pub use depthwise::depthwise_conv2d;
+pub use matmul::{channel_matmul, conv2d_same, pointwise_conv};
+
+/// Minimum number of multiply-adds one parallel task should get, so tiny planes (2×2 at the end
+/// of the network on 64-pixel inputs) are grouped instead of paying rayon's per-task cost.
+const MIN_TASK_WORK: usize = 16 * 1024;
+
+/// Elements per parallel chunk of the element-wise kernels.
+const ELEMWISE_CHUNK: usize = 32 * 1024;
+
+/// TensorFlow "SAME" padding of one spatial dimension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SamePadding {
+    /// Output length, `ceil(input / stride)`.
+    pub out: usize,
+    /// Zeros added before the input (top or left): `total / 2`.
+    pub before: usize,
+    /// Zeros added after the input (bottom or right): `total - total / 2`.
+    pub after: usize,
+}
+
+/// "SAME" padding for one dimension of length `input` under a `kernel`-wide window moved by
+/// `stride`: `out = ceil(input / stride)`, `total = max((out - 1) * stride + kernel - input, 0)`,
+/// with the odd element of `total` going *after* the input (so it is asymmetric).
+pub fn same_padding(input: usize, kernel: usize, stride: usize) -> SamePadding {
+    let stride = stride.max(1);
+    let out = input.div_ceil(stride);
+    let total = ((out.saturating_sub(1)) * stride + kernel).saturating_sub(input);
+    SamePadding {
+        out,
+        before: total / 2,
+        after: total - total / 2,
+    }
+}
+
+/// Shape of a 2-d windowed operation over one plane, padding included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Window {
+    /// Input height and width.
+    h: usize,
+    w: usize,
+    /// Square kernel side.
+    k: usize,
+    stride: usize,
+    /// Zeros before the input, vertically and horizontally.
+    pad_top: usize,
+    pad_left: usize,
+    /// Output height and width.
+    out_h: usize,
+    out_w: usize,
+}
+
+impl Window {
+    fn same(h: usize, w: usize, k: usize, stride: usize) -> Self {
+        let ph = same_padding(h, k, stride);
+        let pw = same_padding(w, k, stride);
+        Window {
+            h,
+            w,
+            k,
+            stride,
+            pad_top: ph.before,
+            pad_left: pw.before,
+            out_h: ph.out,
+            out_w: pw.out,
+        }
+    }
+
+    fn in_plane(&self) -> usize {
+        self.h * self.w
+    }
+
+    fn out_plane(&self) -> usize {
+        self.out_h * self.out_w
+    }
+
+    /// Input row read by output row `oy` at kernel row `i`, if it is not padding.
+    #[inline(always)]
+    fn in_row(&self, oy: usize, i: usize) -> Option<usize> {
+        (oy * self.stride + i)
+            .checked_sub(self.pad_top)
+            .filter(|&r| r < self.h)
+    }
+
+    /// The output columns `lo..hi` whose input column at kernel column `j` is inside the image,
+    /// and the input column of `lo`. Column `ox` reads input column `ox * stride + j - pad_left`.
+    fn col_span(&self, j: usize) -> (usize, usize, usize) {
+        let s = self.stride;
+        let lo = if self.pad_left > j {
+            (self.pad_left - j).div_ceil(s)
+        } else {
+            0
+        };
+        // Largest ox with ox * s + j - pad_left <= w - 1.
+        let hi = match (self.w + self.pad_left).checked_sub(j + 1) {
+            Some(num) => (num / s + 1).min(self.out_w),
+            None => 0,
+        };
+        if lo >= hi {
+            return (0, 0, 0);
+        }
+        (lo, hi, lo * s + j - self.pad_left)
+    }
+
+    /// [`Window::col_span`] for every kernel column, computed once per operation rather than in
+    /// the inner loops.
+    fn col_spans(&self) -> Vec<(usize, usize, usize)> {
+        (0..self.k).map(|j| self.col_span(j)).collect()
+    }
+
+    /// How many planes one parallel task should handle.
+    fn planes_per_task(&self) -> usize {
+        let work = (self.out_plane() * self.k * self.k).max(1);
+        MIN_TASK_WORK.div_ceil(work).max(1)
+    }
+}
+
+/// The contiguous data of a CPU tensor argument.
+fn contiguous_slice<'a, T: WithDType>(
+    s: &'a CpuStorage,
+    l: &Layout,
+) -> candle_core::Result<&'a [T]> {
+    let data = T::cpu_storage_as_slice(s)?;
+    match l.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => bail!(
+            "custom op expects a contiguous tensor, got strides {:?}",
+            l.stride()
+        ),
+    }
+}
+
+fn dims4(l: &Layout, what: &str) -> candle_core::Result<(usize, usize, usize, usize)> {
+    match l.dims() {
+        &[n, c, h, w] => Ok((n, c, h, w)),
+        d => bail!("{what}: expected a 4-d tensor, got shape {d:?}"),
+    }
+}
+
+/// Zero-pads `x` for a "SAME" `k`×`k` window with the given stride.
+fn pad_same(x: &Tensor, h: usize, w: usize, k: usize, stride: usize) -> Result<Tensor> {
+    let ph = same_padding(h, k, stride);
+    let pw = same_padding(w, k, stride);
+    Ok(x.pad_with_zeros(2, ph.before, ph.after)?
+        .pad_with_zeros(3, pw.before, pw.after)?)
+}
+
+/// Forward op of ReLU6.
+struct Relu6;
+
+fn relu6_slice<T: WithDType>(x: &[T]) -> Vec<T> {
+    let (zero, six) = (T::from_f64(0.0), T::from_f64(6.0));
+    let mut out = vec![zero; x.len()];
+    out.par_chunks_mut(ELEMWISE_CHUNK)
+        .zip(x.par_chunks(ELEMWISE_CHUNK))
+        .for_each(|(o, x)| {
+            for (d, &v) in o.iter_mut().zip(x) {
+                // NaN stays NaN, as in PyTorch's hardtanh.
+                *d = if v < zero {
+                    zero
+                } else if v > six {
+                    six
+                } else {
+                    v
+                };
+            }
+        });
+    out
+}
+
+impl CustomOp1 for Relu6 {
+    fn name(&self) -> &'static str {
+        "relu6"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let out = match s.dtype() {
+            DType::F32 => CpuStorage::F32(relu6_slice(contiguous_slice::<f32>(s, l)?)),
+            DType::F64 => CpuStorage::F64(relu6_slice(contiguous_slice::<f64>(s, l)?)),
+            d => bail!("relu6 supports f32 and f64 only, got {d:?}"),
+        };
+        Ok((out, l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(x.apply_op2_no_bwd(&grad.contiguous()?, &Relu6Grad)?))
+    }
+}
+
+/// Backward op of ReLU6: `(x, grad) -> grad` where `0 < x < 6`, 0 elsewhere (PyTorch's mask,
+/// which is 0 at exactly 0 and exactly 6).
+struct Relu6Grad;
+
+fn relu6_grad_slice<T: WithDType>(x: &[T], g: &[T]) -> Vec<T> {
+    let (zero, six) = (T::from_f64(0.0), T::from_f64(6.0));
+    let mut out = vec![zero; x.len()];
+    out.par_chunks_mut(ELEMWISE_CHUNK)
+        .zip(
+            x.par_chunks(ELEMWISE_CHUNK)
+                .zip(g.par_chunks(ELEMWISE_CHUNK)),
+        )
+        .for_each(|(o, (x, g))| {
+            for ((d, &v), &gv) in o.iter_mut().zip(x).zip(g) {
+                if v > zero && v < six {
+                    *d = gv;
+                }
+            }
+        });
+    out
+}
+
+impl CustomOp2 for Relu6Grad {
+    fn name(&self) -> &'static str {
+        "relu6-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        if l1.dims() != l2.dims() {
+            bail!(
+                "relu6 backward: gradient shape {:?} differs from input {:?}",
+                l2.dims(),
+                l1.dims()
+            );
+        }
+        let out = match (s1.dtype(), s2.dtype()) {
+            (DType::F32, DType::F32) => CpuStorage::F32(relu6_grad_slice(
+                contiguous_slice::<f32>(s1, l1)?,
+                contiguous_slice(s2, l2)?,
+            )),
+            (DType::F64, DType::F64) => CpuStorage::F64(relu6_grad_slice(
+                contiguous_slice::<f64>(s1, l1)?,
+                contiguous_slice(s2, l2)?,
+            )),
+            (a, b) => bail!("relu6 supports f32 and f64 only, got {a:?} and {b:?}"),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+}
+
+/// ReLU6, `min(max(x, 0), 6)`, whose gradient is PyTorch's: 1 where `0 < x < 6`, 0 elsewhere
+/// (including at exactly 0 and exactly 6).
+pub fn relu6(x: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() {
+        Ok(x.contiguous()?.apply_op1(Relu6)?)
+    } else {
+        relu6_composite(x)
+    }
+}
+
+/// [`relu6`] from candle's own operations: `x * [0 < x < 6] + 6 * [x >= 6]`, with both masks
+/// computed on a detached copy so the gradient is exactly the inner mask.
+fn relu6_composite(x: &Tensor) -> Result<Tensor> {
+    let xd = x.detach();
+    let inner = xd
+        .gt(0.0)?
+        .to_dtype(x.dtype())?
+        .mul(&xd.lt(6.0)?.to_dtype(x.dtype())?)?;
+    let high = (xd.ge(6.0)?.to_dtype(x.dtype())? * 6.0)?;
+    Ok(x.mul(&inner)?.add(&high)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn same_padding_matches_the_tensorflow_formula() {
+        // (input, kernel, stride) -> (out, before, after): the MANIFEST's table for even sizes,
+        // and odd sizes, where the extra zero moves.
+        let cases = [
+            ((224, 3, 2), (112, 0, 1)),
+            ((64, 5, 2), (32, 1, 2)),
+            ((56, 3, 1), (56, 1, 1)),
+            ((28, 5, 1), (28, 2, 2)),
+            ((14, 1, 1), (14, 0, 0)),
+            ((65, 3, 2), (33, 1, 1)),
+            ((33, 5, 2), (17, 2, 2)),
+            ((1, 5, 2), (1, 2, 2)),
+        ];
+        for ((i, k, s), want) in cases {
+            let p = same_padding(i, k, s);
+            assert_eq!(
+                (p.out, p.before, p.after),
+                want,
+                "input {i}, kernel {k}, stride {s}"
+            );
+        }
+    }
+
+    #[test]
+    fn relu6_gradient_is_zero_at_exactly_zero_and_six() {
+        let dev = Device::Cpu;
+        let vals = [-1.0f32, 0.0, 1e-7, 3.0, 6.0 - 1e-6, 6.0, 7.0];
+        for composite in [false, true] {
+            let x = Var::new(&vals[..], &dev).unwrap();
+            let y = if composite {
+                relu6_composite(x.as_tensor())
+            } else {
+                relu6(x.as_tensor())
+            }
+            .unwrap();
+            assert_eq!(
+                y.to_vec1::<f32>().unwrap(),
+                vec![0.0, 0.0, 1e-7, 3.0, 6.0 - 1e-6, 6.0, 6.0]
+            );
+            let g = y.sum_all().unwrap().backward().unwrap();
+            let gx = g.get(x.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
+            assert_eq!(
+                gx,
+                vec![0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0],
+                "composite={composite}"
+            );
+        }
+    }
+}

@@ -1,0 +1,666 @@
+//! Matrix-product convolutions: 1×1 convolutions and (through im2col) the dense stem.
+//!
+//! A 1×1 convolution of `[N, C, L]` activations with an `[O, C]` kernel is one matrix product per
+//! image. Written with candle's `broadcast_matmul`, the kernel gradient comes back as `[N, O, C]`
+//! and candle sums it over N with a slow generic reduction; [`channel_matmul`] instead calls the
+//! same `gemm` kernels candle uses, accumulating the kernel gradient over images in place.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{
+    bail, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor, WithDType,
+};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use super::{contiguous_slice, dims4, pad_same, Window};
+use crate::Result;
+
+/// `x` `[N, C, H, W]` -> columns `[N, C*k*k, out_h*out_w]`, "SAME" padding folded in.
+#[derive(Debug, Clone, Copy)]
+struct Im2Col {
+    k: usize,
+    stride: usize,
+}
+
+impl Im2Col {
+    fn forward<T: WithDType>(x: &[T], c: usize, win: Window) -> Vec<T> {
+        let (inp, outp, kk) = (win.in_plane(), win.out_plane(), win.k * win.k);
+        let spans = win.col_spans();
+        let per_image = c * kk * outp;
+        let n = x.len().checked_div(c * inp).unwrap_or(0);
+        let mut cols = vec![T::from_f64(0.0); n * per_image];
+        if per_image == 0 {
+            return cols;
+        }
+        // One task per (image, input channel): its k*k rows of the column matrix.
+        cols.par_chunks_mut(kk * outp)
+            .enumerate()
+            .for_each(|(plane, rows)| {
+                let xp = &x[plane * inp..(plane + 1) * inp];
+                for i in 0..win.k {
+                    for j in 0..win.k {
+                        let row = &mut rows[(i * win.k + j) * outp..(i * win.k + j + 1) * outp];
+                        let (lo, hi, ix) = spans[j];
+                        if lo >= hi {
+                            continue;
+                        }
+                        for oy in 0..win.out_h {
+                            let Some(iy) = win.in_row(oy, i) else {
+                                continue;
+                            };
+                            let xrow = &xp[iy * win.w..(iy + 1) * win.w];
+                            let orow = &mut row[oy * win.out_w..(oy + 1) * win.out_w];
+                            for (d, &v) in orow[lo..hi]
+                                .iter_mut()
+                                .zip(xrow[ix..].iter().step_by(win.stride))
+                            {
+                                *d = v;
+                            }
+                        }
+                    }
+                }
+            });
+        cols
+    }
+
+    /// The adjoint: sums every column entry back into the pixel it was copied from.
+    fn backward<T: WithDType>(cols: &[T], win: Window) -> Vec<T> {
+        let (inp, outp, kk) = (win.in_plane(), win.out_plane(), win.k * win.k);
+        let spans = win.col_spans();
+        let planes = cols.len().checked_div(kk * outp).unwrap_or(0);
+        let mut gx = vec![T::from_f64(0.0); planes * inp];
+        if inp == 0 {
+            return gx;
+        }
+        gx.par_chunks_mut(inp).enumerate().for_each(|(plane, gxp)| {
+            let rows = &cols[plane * kk * outp..(plane + 1) * kk * outp];
+            for i in 0..win.k {
+                for j in 0..win.k {
+                    let row = &rows[(i * win.k + j) * outp..(i * win.k + j + 1) * outp];
+                    let (lo, hi, ix) = spans[j];
+                    if lo >= hi {
+                        continue;
+                    }
+                    for oy in 0..win.out_h {
+                        let Some(iy) = win.in_row(oy, i) else {
+                            continue;
+                        };
+                        let grow = &row[oy * win.out_w..(oy + 1) * win.out_w];
+                        let xrow = &mut gxp[iy * win.w..(iy + 1) * win.w];
+                        for (d, &v) in xrow[ix..].iter_mut().step_by(win.stride).zip(&grow[lo..hi])
+                        {
+                            *d += v;
+                        }
+                    }
+                }
+            }
+        });
+        gx
+    }
+}
+
+impl CustomOp1 for Im2Col {
+    fn name(&self) -> &'static str {
+        "im2col-same"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = dims4(l, "conv2d_same input")?;
+        let win = Window::same(h, w, self.k, self.stride);
+        let shape = Shape::from((n, c * self.k * self.k, win.out_plane()));
+        let out = match s.dtype() {
+            DType::F32 => CpuStorage::F32(Self::forward(contiguous_slice::<f32>(s, l)?, c, win)),
+            DType::F64 => CpuStorage::F64(Self::forward(contiguous_slice::<f64>(s, l)?, c, win)),
+            d => bail!("conv2d_same supports f32 and f64 only, got {d:?}"),
+        };
+        Ok((out, shape))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        if !x.track_op() {
+            return Ok(None);
+        }
+        let op = Col2Im {
+            k: self.k,
+            stride: self.stride,
+            x_dims: x.dims4()?,
+        };
+        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&op)?))
+    }
+}
+
+/// Backward of [`Im2Col`]: columns -> input-shaped gradient.
+struct Col2Im {
+    k: usize,
+    stride: usize,
+    x_dims: (usize, usize, usize, usize),
+}
+
+impl CustomOp1 for Col2Im {
+    fn name(&self) -> &'static str {
+        "col2im-same"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = self.x_dims;
+        let win = Window::same(h, w, self.k, self.stride);
+        if l.dims() != [n, c * self.k * self.k, win.out_plane()] {
+            bail!(
+                "conv2d_same backward: gradient shape {:?} does not fit input {:?}",
+                l.dims(),
+                self.x_dims
+            );
+        }
+        let out = match s.dtype() {
+            DType::F32 => CpuStorage::F32(Im2Col::backward(contiguous_slice::<f32>(s, l)?, win)),
+            DType::F64 => CpuStorage::F64(Im2Col::backward(contiguous_slice::<f64>(s, l)?, win)),
+            d => bail!("conv2d_same supports f32 and f64 only, got {d:?}"),
+        };
+        Ok((out, Shape::from((n, c, h, w))))
+    }
+}
+
+/// A strided read-only matrix: element `(i, j)` is `data[i * rs + j * cs]`.
+#[derive(Clone, Copy)]
+struct MatRef<'a, T> {
+    data: &'a [T],
+    rs: usize,
+    cs: usize,
+}
+
+/// `dst[m×n] (row-major) = lhs[m×k] · rhs[k×n]`, or `+=` when `accumulate`.
+///
+/// Every index the product touches is checked against the slices first, which is what makes
+/// the call into `gemm` sound.
+fn gemm_into<T: WithDType>(
+    dst: &mut [T],
+    (m, n, k): (usize, usize, usize),
+    lhs: MatRef<'_, T>,
+    rhs: MatRef<'_, T>,
+    accumulate: bool,
+    par: Parallelism,
+) -> candle_core::Result<()> {
+    if !matches!(T::DTYPE, DType::F32 | DType::F64) {
+        bail!(
+            "matrix product supports f32 and f64 only, got {:?}",
+            T::DTYPE
+        );
+    }
+    let last = |rows: usize, cols: usize, rs: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs;
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if dst.len() < m * n {
+        bail!(
+            "matrix product: destination holds {} < {m}×{n} values",
+            dst.len()
+        );
+    }
+    if k == 0 {
+        if !accumulate {
+            dst[..m * n].fill(T::from_f64(0.0));
+        }
+        return Ok(());
+    }
+    if last(m, k, lhs.rs, lhs.cs) >= lhs.data.len() || last(k, n, rhs.rs, rhs.cs) >= rhs.data.len()
+    {
+        bail!("matrix product: operand views exceed their storage");
+    }
+    // SAFETY: T is f32 or f64 (checked above), the only types besides f16/complex that gemm
+    // accepts; every element read is within `lhs.data` / `rhs.data` and every element written
+    // within `dst[..m * n]` (checked above); `dst` is exclusively borrowed and cannot alias the
+    // shared operand slices.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.data.as_ptr(),
+            lhs.cs as isize,
+            lhs.rs as isize,
+            rhs.data.as_ptr(),
+            rhs.cs as isize,
+            rhs.rs as isize,
+            // dst = alpha·dst + beta·lhs·rhs
+            T::from_f64(if accumulate { 1.0 } else { 0.0 }),
+            T::from_f64(1.0),
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+    Ok(())
+}
+
+/// How to spread `batch` independent products over the thread pool: one image per task when
+/// there are at least as many images as threads, otherwise one product at a time, each
+/// parallel inside.
+fn batch_parallel(batch: usize) -> (bool, Parallelism) {
+    let threads = rayon::current_num_threads();
+    if threads <= 1 {
+        (false, Parallelism::None)
+    } else if batch >= threads {
+        (true, Parallelism::None)
+    } else {
+        (false, Parallelism::Rayon(threads))
+    }
+}
+
+/// Runs `f(b, dst_b)` for every image's slice of a `[batch, per]` destination.
+fn for_each_image<T: WithDType>(
+    dst: &mut [T],
+    per: usize,
+    f: impl Fn(usize, &mut [T], Parallelism) -> candle_core::Result<()> + Sync,
+) -> candle_core::Result<()> {
+    if per == 0 {
+        return Ok(());
+    }
+    let batch = dst.len() / per;
+    match batch_parallel(batch) {
+        (true, par) => dst
+            .par_chunks_mut(per)
+            .enumerate()
+            .try_for_each(|(b, d)| f(b, d, par)),
+        (false, par) => dst
+            .chunks_mut(per)
+            .enumerate()
+            .try_for_each(|(b, d)| f(b, d, par)),
+    }
+}
+
+/// Dimensions of a channel product: `x` `[n, c, l]`, kernel `[o, c]`.
+#[derive(Debug, Clone, Copy)]
+struct ChannelMatmulDims {
+    n: usize,
+    c: usize,
+    l: usize,
+    o: usize,
+}
+
+impl ChannelMatmulDims {
+    fn of(x: &Layout, w: &Layout) -> candle_core::Result<Self> {
+        match (x.dims(), w.dims()) {
+            (&[n, c, l], &[o, wc]) if wc == c => Ok(ChannelMatmulDims { n, c, l, o }),
+            (xd, wd) => bail!("channel_matmul: kernel {wd:?} does not fit input {xd:?} (want [N, C, L] and [O, C])"),
+        }
+    }
+
+    /// `y_b[o×l] = w[o×c] · x_b[c×l]`.
+    fn forward<T: WithDType>(&self, x: &[T], w: &[T]) -> candle_core::Result<Vec<T>> {
+        let Self { c, l, o, .. } = *self;
+        let mut y = vec![T::from_f64(0.0); self.n * o * l];
+        for_each_image(&mut y, o * l, |b, yb, par| {
+            let xb = MatRef {
+                data: &x[b * c * l..(b + 1) * c * l],
+                rs: l,
+                cs: 1,
+            };
+            gemm_into(
+                yb,
+                (o, l, c),
+                MatRef {
+                    data: w,
+                    rs: c,
+                    cs: 1,
+                },
+                xb,
+                false,
+                par,
+            )
+        })?;
+        Ok(y)
+    }
+
+    /// `gx_b[c×l] = wᵀ[c×o] · g_b[o×l]`.
+    fn grad_input<T: WithDType>(&self, g: &[T], w: &[T]) -> candle_core::Result<Vec<T>> {
+        let Self { c, l, o, .. } = *self;
+        let mut gx = vec![T::from_f64(0.0); self.n * c * l];
+        for_each_image(&mut gx, c * l, |b, gxb, par| {
+            let gb = MatRef {
+                data: &g[b * o * l..(b + 1) * o * l],
+                rs: l,
+                cs: 1,
+            };
+            gemm_into(
+                gxb,
+                (c, l, o),
+                MatRef {
+                    data: w,
+                    rs: 1,
+                    cs: c,
+                },
+                gb,
+                false,
+                par,
+            )
+        })?;
+        Ok(gx)
+    }
+
+    /// `gw[o×c] = Σ_b g_b[o×l] · x_bᵀ[l×c]`, accumulated in place (per thread, then summed).
+    fn grad_weight<T: WithDType>(&self, x: &[T], g: &[T]) -> candle_core::Result<Vec<T>> {
+        let Self { n, c, l, o } = *self;
+        let accumulate_range = |range: std::ops::Range<usize>, par: Parallelism| {
+            let mut acc = vec![T::from_f64(0.0); o * c];
+            for (i, b) in range.enumerate() {
+                let gb = MatRef {
+                    data: &g[b * o * l..(b + 1) * o * l],
+                    rs: l,
+                    cs: 1,
+                };
+                let xbt = MatRef {
+                    data: &x[b * c * l..(b + 1) * c * l],
+                    rs: 1,
+                    cs: l,
+                };
+                gemm_into(&mut acc, (o, c, l), gb, xbt, i > 0, par)?;
+            }
+            Ok::<_, candle_core::Error>(acc)
+        };
+        match batch_parallel(n) {
+            (true, par) => {
+                let tasks = rayon::current_num_threads().min(n);
+                let per = n.div_ceil(tasks);
+                let partial: Vec<Vec<T>> = (0..tasks)
+                    .into_par_iter()
+                    .map(|t| accumulate_range(t * per..((t + 1) * per).min(n), par))
+                    .collect::<candle_core::Result<_>>()?;
+                let mut total = vec![T::from_f64(0.0); o * c];
+                for p in partial {
+                    for (d, v) in total.iter_mut().zip(p) {
+                        *d += v;
+                    }
+                }
+                Ok(total)
+            }
+            (false, par) => accumulate_range(0..n, par),
+        }
+    }
+}
+
+fn dispatch2<F32Fn, F64Fn>(
+    s1: &CpuStorage,
+    l1: &Layout,
+    s2: &CpuStorage,
+    l2: &Layout,
+    what: &str,
+    f32_fn: F32Fn,
+    f64_fn: F64Fn,
+) -> candle_core::Result<CpuStorage>
+where
+    F32Fn: FnOnce(&[f32], &[f32]) -> candle_core::Result<Vec<f32>>,
+    F64Fn: FnOnce(&[f64], &[f64]) -> candle_core::Result<Vec<f64>>,
+{
+    Ok(match (s1.dtype(), s2.dtype()) {
+        (DType::F32, DType::F32) => CpuStorage::F32(f32_fn(
+            contiguous_slice(s1, l1)?,
+            contiguous_slice(s2, l2)?,
+        )?),
+        (DType::F64, DType::F64) => CpuStorage::F64(f64_fn(
+            contiguous_slice(s1, l1)?,
+            contiguous_slice(s2, l2)?,
+        )?),
+        (a, b) => bail!("{what} supports f32 and f64 only, got {a:?} and {b:?}"),
+    })
+}
+
+/// Forward op: `(x [N, C, L], w [O, C]) -> [N, O, L]`.
+struct ChannelMatmul;
+
+impl CustomOp2 for ChannelMatmul {
+    fn name(&self) -> &'static str {
+        "channel-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let d = ChannelMatmulDims::of(l1, l2)?;
+        let out = dispatch2(
+            s1,
+            l1,
+            s2,
+            l2,
+            "channel_matmul",
+            |x, w| d.forward(x, w),
+            |x, w| d.forward(x, w),
+        )?;
+        Ok((out, Shape::from((d.n, d.o, d.l))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let gx = if x.track_op() {
+            Some(grad.apply_op2_no_bwd(w, &ChannelMatmulGradInput { x_dims: x.dims3()? })?)
+        } else {
+            None
+        };
+        let gw = if w.track_op() {
+            Some(x.apply_op2_no_bwd(&grad, &ChannelMatmulGradWeight { o: w.dim(0)? })?)
+        } else {
+            None
+        };
+        Ok((gx, gw))
+    }
+}
+
+/// Backward op: `(grad [N, O, L], w [O, C]) -> grad_x [N, C, L]`.
+struct ChannelMatmulGradInput {
+    x_dims: (usize, usize, usize),
+}
+
+impl CustomOp2 for ChannelMatmulGradInput {
+    fn name(&self) -> &'static str {
+        "channel-matmul-grad-input"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, c, l) = self.x_dims;
+        let o = l2.dims()[0];
+        if l1.dims() != [n, o, l] || l2.dims() != [o, c] {
+            bail!(
+                "channel_matmul backward: gradient {:?} and kernel {:?} do not fit input {:?}",
+                l1.dims(),
+                l2.dims(),
+                self.x_dims
+            );
+        }
+        let d = ChannelMatmulDims { n, c, l, o };
+        let out = dispatch2(
+            s1,
+            l1,
+            s2,
+            l2,
+            "channel_matmul",
+            |g, w| d.grad_input(g, w),
+            |g, w| d.grad_input(g, w),
+        )?;
+        Ok((out, Shape::from((n, c, l))))
+    }
+}
+
+/// Backward op: `(x [N, C, L], grad [N, O, L]) -> grad_w [O, C]`.
+struct ChannelMatmulGradWeight {
+    o: usize,
+}
+
+impl CustomOp2 for ChannelMatmulGradWeight {
+    fn name(&self) -> &'static str {
+        "channel-matmul-grad-weight"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, c, l) = match l1.dims() {
+            &[n, c, l] => (n, c, l),
+            d => bail!("channel_matmul backward: expected a 3-d input, got {d:?}"),
+        };
+        if l2.dims() != [n, self.o, l] {
+            bail!(
+                "channel_matmul backward: gradient {:?} does not fit input {:?}",
+                l2.dims(),
+                l1.dims()
+            );
+        }
+        let d = ChannelMatmulDims { n, c, l, o: self.o };
+        let out = dispatch2(
+            s1,
+            l1,
+            s2,
+            l2,
+            "channel_matmul",
+            |x, g| d.grad_weight(x, g),
+            |x, g| d.grad_weight(x, g),
+        )?;
+        Ok((out, Shape::from((self.o, c))))
+    }
+}
+
+/// Per-image matrix product over channels: `x` `[N, C, L]`, `w` `[O, C]`, output `[N, O, L]`
+/// with `y[b] = w · x[b]`. The kernel gradient is accumulated over images inside the backward
+/// pass (no `[N, O, C]` intermediate), and no input gradient is computed for untracked inputs.
+/// Off the CPU this is candle's `broadcast_matmul`.
+pub fn channel_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() {
+        Ok(x.contiguous()?.apply_op2(&w.contiguous()?, ChannelMatmul)?)
+    } else {
+        Ok(w.broadcast_matmul(x)?)
+    }
+}
+
+/// Dense convolution without bias and with TensorFlow "SAME" padding: `x` `[N, C, H, W]`,
+/// `kernel` `[O, C, k, k]`, output `[N, O, ceil(H/stride), ceil(W/stride)]`.
+///
+/// On the CPU the input is unfolded (im2col, padding folded in) and multiplied by the kernel
+/// as an `[O, C*k*k]` matrix with [`channel_matmul`]. Elsewhere it is candle's `conv2d` on an
+/// explicitly padded input.
+pub fn conv2d_same(x: &Tensor, kernel: &Tensor, stride: usize) -> Result<Tensor> {
+    let (n, _, h, w) = x.dims4()?;
+    let (o, c, k, _) = kernel.dims4()?;
+    let stride = stride.max(1);
+    if !x.device().is_cpu() {
+        return Ok(pad_same(x, h, w, k, stride)?.conv2d(kernel, 0, stride, 1, 1)?);
+    }
+    let win = Window::same(h, w, k, stride);
+    let cols = x.contiguous()?.apply_op1(Im2Col { k, stride })?;
+    let y = channel_matmul(&cols, &kernel.reshape((o, c * k * k))?)?;
+    Ok(y.reshape((n, o, win.out_h, win.out_w))?)
+}
+
+/// 1×1 convolution without bias: `x` `[N, C, H, W]`, `kernel` `[O, C, 1, 1]` (or `[O, C]`),
+/// as [`channel_matmul`] over the flattened spatial axis.
+pub fn pointwise_conv(x: &Tensor, kernel: &Tensor) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    let o = kernel.dim(0)?;
+    let y = channel_matmul(&x.reshape((n, c, h * w))?, &kernel.reshape((o, c))?)?;
+    Ok(y.reshape((n, o, h, w))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+        a.sub(b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    }
+
+    #[test]
+    fn conv2d_same_matches_candles_conv2d() {
+        let dev = Device::Cpu;
+        for &(stride, h, w) in &[(2, 9, 8), (2, 8, 8), (1, 5, 6)] {
+            let x = Var::randn(0f64, 1.0, (2, 3, h, w), &dev).unwrap();
+            let kern = Var::randn(0f64, 1.0, (4, 3, 3, 3), &dev).unwrap();
+            let y = conv2d_same(x.as_tensor(), kern.as_tensor(), stride).unwrap();
+            let y_ref = pad_same(x.as_tensor(), h, w, 3, stride)
+                .unwrap()
+                .conv2d(kern.as_tensor(), 0, stride, 1, 1)
+                .unwrap();
+            assert!(max_abs_diff(&y, &y_ref) < 1e-12);
+            let weights = Tensor::randn(0f64, 1.0, y.dims(), &dev).unwrap();
+            let g = (y * &weights)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let g_ref = (y_ref * &weights)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            for v in [&x, &kern] {
+                let a = g.get(v.as_tensor()).unwrap();
+                let b = g_ref.get(v.as_tensor()).unwrap();
+                assert!(max_abs_diff(a, b) < 1e-12, "gradient s={stride} {h}x{w}");
+            }
+        }
+    }
+
+    #[test]
+    fn channel_matmul_matches_broadcast_matmul_for_one_and_many_images() {
+        let dev = Device::Cpu;
+        // 1 image (parallel inside the product) and 5 (one image per task).
+        for n in [1, 5] {
+            let x = Var::randn(0f64, 1.0, (n, 7, 13), &dev).unwrap();
+            let w = Var::randn(0f64, 1.0, (4, 7), &dev).unwrap();
+            let y = channel_matmul(x.as_tensor(), w.as_tensor()).unwrap();
+            let y_ref = w.as_tensor().broadcast_matmul(x.as_tensor()).unwrap();
+            assert!(max_abs_diff(&y, &y_ref) < 1e-12);
+            let weights = Tensor::randn(0f64, 1.0, y.dims(), &dev).unwrap();
+            let g = (y * &weights)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let g_ref = (y_ref * &weights)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            for v in [&x, &w] {
+                let a = g.get(v.as_tensor()).unwrap();
+                let b = g_ref.get(v.as_tensor()).unwrap();
+                assert!(max_abs_diff(a, b) < 1e-12, "gradient, {n} images");
+            }
+        }
+    }
+}

@@ -1,0 +1,118 @@
+#!/usr/bin/env python3
+"""Markdown tables from the JSON lines `tools/bench/run.sh` writes to target/bench/.
+
+    tools/bench/summary.py [target/bench]
+
+speed.jsonl: per configuration, the median over rounds of each side's stage rates and times,
+and the ratios (PyTorch time / Rust time: above 1 means Rust is faster). memory.jsonl: peak
+RSS by side, configuration, image count and cache budget. convs.jsonl: per ResNet-18
+convolution, forward and backward seconds of each method, and the network totals (each shape
+times the number of such convolutions in ResNet-18).
+"""
+
+import json
+import os
+import statistics
+import sys
+from collections import defaultdict
+
+
+def load(path):
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def med(rows, key):
+    values = [r[key] for r in rows if r.get(key) is not None]
+    return statistics.median(values) if values else float("nan")
+
+
+def speed(rows):
+    groups = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        groups[(r["arch"], r["image_size"], r["images"])][r["side"]].append(r)
+    print("| probe | px | images | side | runs | features img/s | head s | Fisher img/s "
+          "| total s | peak RSS MiB | load1 |")
+    print("| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+    ratios = []
+    for (arch, size, n), sides in groups.items():
+        for side in ("rust", "pytorch-reference"):
+            rs = sides.get(side, [])
+            if not rs:
+                continue
+            loads = ", ".join(f"{r['load1_before']:.1f}" for r in rs)
+            print(f"| {arch} | {size} | {n} | {side} | {len(rs)} "
+                  f"| {med(rs, 'features_images_per_s'):.2f} | {med(rs, 'head_s'):.3f} "
+                  f"| {med(rs, 'fisher_images_per_s'):.2f} | {med(rs, 'total_s'):.1f} "
+                  f"| {med(rs, 'peak_rss_mib'):.0f} | {loads} |")
+        if "rust" in sides and "pytorch-reference" in sides:
+            ru, py = sides["rust"], sides["pytorch-reference"]
+            ratios.append((arch, size, n,
+                           med(ru, "features_images_per_s") / med(py, "features_images_per_s"),
+                           med(ru, "fisher_images_per_s") / med(py, "fisher_images_per_s"),
+                           med(py, "total_s") / med(ru, "total_s"),
+                           med(ru, "peak_rss_mib") / med(py, "peak_rss_mib")))
+    print()
+    print("| probe | px | images | features speed-up | Fisher speed-up | per-embedding speed-up "
+          "| peak RSS Rust / PyTorch |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for arch, size, n, f, fi, t, m in ratios:
+        print(f"| {arch} | {size} | {n} | {f:.2f}× | {fi:.2f}× | **{t:.2f}×** | {m:.2f} |")
+    print()
+
+
+def memory(rows):
+    print("| probe | px | images | side | input cache | Fisher img/s | total s | peak RSS MiB |")
+    print("| --- | ---: | ---: | --- | --- | ---: | ---: | ---: |")
+    for r in sorted(rows, key=lambda r: (r["arch"], r["side"], r.get("cache_budget_bytes", -1),
+                                         r["images"])):
+        cache = r.get("cache_budget_bytes")
+        cache = "n/a" if cache is None else ("off" if cache == 0 else f"{cache >> 20} MiB")
+        print(f"| {r['arch']} | {r['image_size']} | {r['images']} | {r['side']} | {cache} "
+              f"| {r['fisher_images_per_s']:.2f} | {r['total_s']:.1f} "
+              f"| {r['peak_rss_mib']:.0f} |")
+    print()
+
+
+def convs(rows):
+    by = defaultdict(dict)
+    order = []
+    for r in rows:
+        if r["conv"] not in by:
+            order.append(r["conv"])
+        by[r["conv"]][r["method"]] = r
+    methods = ("candle", "ops", "pytorch")
+    print("| convolution | ×net | " + " | ".join(f"{m} fwd s | {m} bwd s" for m in methods) + " |")
+    print("| --- | ---: | " + " | ".join("---: | ---:" for _ in methods) + " |")
+    totals = defaultdict(lambda: [0.0, 0.0])
+    for name in order:
+        cells = []
+        for m in methods:
+            r = by[name].get(m)
+            if r is None:
+                cells.append("– | –")
+                continue
+            mark = "" if r.get("padding_matches_pytorch", True) else "*"
+            cells.append(f"{r['forward_s']:.3f}{mark} | {r['backward_s']:.3f}{mark}")
+            totals[m][0] += r["per_net"] * r["forward_s"]
+            totals[m][1] += r["per_net"] * r["backward_s"]
+        per_net = next(iter(by[name].values()))["per_net"]
+        print(f"| {name} | {per_net} | " + " | ".join(cells) + " |")
+    print("| **ResNet-18 total** | | " + " | ".join(
+        f"**{totals[m][0]:.2f}** | **{totals[m][1]:.2f}**" for m in methods) + " |")
+    print()
+
+
+def main():
+    out = sys.argv[1] if len(sys.argv) > 1 else "target/bench"
+    for name, fn in (("speed", speed), ("memory", memory), ("convs", convs)):
+        rows = load(os.path.join(out, f"{name}.jsonl"))
+        if rows:
+            print(f"### {name}\n")
+            fn(rows)
+
+
+if __name__ == "__main__":
+    main()
