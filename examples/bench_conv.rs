@@ -161,7 +161,9 @@ fn run(threads: usize, batch: usize, reps: usize) -> task2vec::Result<()> {
         } else {
             xv.as_tensor().clone()
         };
-        let fwd = best(reps, || conv2d_same(&x_in, kv.as_tensor(), sh.stride).map_err(wrap))?;
+        let fwd = best(reps, || {
+            conv2d_same(&x_in, kv.as_tensor(), sh.stride).map_err(wrap)
+        })?;
         let ys = conv2d_same(&x_in, kv.as_tensor(), sh.stride).map_err(wrap)?;
         let gs = ys.randn_like(0.0, 1.0)?;
         let loss_only = best(reps, || (&ys.detach() * &gs)?.sum_all())?;
