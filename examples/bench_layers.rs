@@ -1,5 +1,8 @@
-//! Micro-benchmark behind the ResNet entries of `BENCHMARKS.md`: every convolution of
-//! ResNet-18 at 224 px (batch 64), forward and backward, computed two ways.
+//! Micro-benchmark behind the ResNet entries of `BENCHMARKS.md`: every convolution and every
+//! training-mode batch norm (+ ReLU) of ResNet-18 at 224 px (batch 64), forward and backward,
+//! computed two ways.
+//!
+//! Convolutions:
 //!
 //! - `candle`: what `src/probe/resnet/conv.rs` does (reproduced with the same candle calls,
 //!   that module being private): candle's `conv2d` forward; the input gradient as a
@@ -13,18 +16,27 @@
 //!   stride-2 convolutions it is not (one row/column less on the top/left), so those rows are
 //!   a cost estimate only.
 //!
+//! Batch norms (train mode, batch statistics) followed by ReLU, input and parameters tracked:
+//!
+//! - `candle`: [`task2vec::probe::layers::BatchNorm`] (candle's element-wise operations and
+//!   reductions, what the ResNet probe uses) and candle's `relu`;
+//! - `ops`: [`task2vec::probe::ops::batch_norm_train`] (one fused custom operation, what
+//!   EfficientNet-Lite0 uses) and candle's `relu`.
+//!
 //! ```text
-//! cargo run --release --example bench_conv -- [--threads 2] [--batch 64] [--reps 2]
+//! cargo run --release --example bench_layers -- [--threads 2] [--batch 64] [--reps 2]
 //! ```
 //!
-//! Prints one JSON line per (convolution, method) with the best time of `reps` runs of each
-//! phase; `per_net` is how many such convolutions ResNet-18 has.
+//! Prints one JSON line per (layer, method) with the best time of `reps` runs of each phase;
+//! `per_net` is how many such layers ResNet-18 has.
 
 use std::time::Instant;
 
 use candle_core::{Device, Tensor, Var};
 use serde_json::json;
-use task2vec::probe::ops::conv2d_same;
+use task2vec::probe::layers::BatchNorm;
+use task2vec::probe::ops::{batch_norm_train, conv2d_same};
+use task2vec::probe::{BnMode, Forward};
 use task2vec::threads::configure_threads;
 
 /// A convolution shape of ResNet-18 at 224 px.
@@ -72,6 +84,15 @@ const SHAPES: [ConvShape; 11] = [
     shape("layer4.3x3", (512, 512), (3, 1, 1), 7, 3),
 ];
 
+/// (name, channels, spatial size, count in ResNet-18) of the batch norms.
+const BATCH_NORMS: [(&str, usize, usize, usize); 5] = [
+    ("bn1", 64, 112, 1),
+    ("layer1.bn", 64, 56, 4),
+    ("layer2.bn", 128, 28, 5),
+    ("layer3.bn", 256, 14, 5),
+    ("layer4.bn", 512, 7, 5),
+];
+
 fn best<T>(reps: usize, mut f: impl FnMut() -> candle_core::Result<T>) -> candle_core::Result<f64> {
     let mut best = f64::INFINITY;
     for _ in 0..reps {
@@ -81,6 +102,14 @@ fn best<T>(reps: usize, mut f: impl FnMut() -> candle_core::Result<T>) -> candle
         drop(out);
     }
     Ok(best)
+}
+
+/// Forward and backward of the loss `sum(v * g)` alone, with `v` a leaf shaped like `g`: what
+/// the timed backward passes pay on top of the layer's own backward (PyTorch's
+/// `autograd.grad(y, .., g)` starts from `g` directly).
+fn loss_cost(g: &Tensor, reps: usize) -> candle_core::Result<f64> {
+    let v = Var::from_tensor(&g.zeros_like()?)?;
+    best(reps, || (v.as_tensor() * g)?.sum_all()?.backward())
 }
 
 /// `s - 1` zeros between consecutive entries along `dim` (as resnet/conv.rs).
@@ -153,7 +182,7 @@ fn run(threads: usize, batch: usize, reps: usize) -> task2vec::Result<()> {
         println!("{row}");
 
         // ops::conv2d_same through autograd; backward = (forward + backward of sum(y * g)) -
-        // forward - the product and sum on their own.
+        // forward - the loss's own forward and backward (`loss_cost`).
         let xv = Var::from_tensor(&x)?;
         let kv = Var::from_tensor(&k)?;
         let x_in = if sh.name == "conv1" {
@@ -166,7 +195,7 @@ fn run(threads: usize, batch: usize, reps: usize) -> task2vec::Result<()> {
         })?;
         let ys = conv2d_same(&x_in, kv.as_tensor(), sh.stride).map_err(wrap)?;
         let gs = ys.randn_like(0.0, 1.0)?;
-        let loss_only = best(reps, || (&ys.detach() * &gs)?.sum_all())?;
+        let loss_only = loss_cost(&gs, reps)?;
         let fwd_bwd = best(reps, || {
             let y = conv2d_same(&x_in, kv.as_tensor(), sh.stride).map_err(wrap)?;
             (&y * &gs)?.sum_all()?.backward()
@@ -177,6 +206,53 @@ fn run(threads: usize, batch: usize, reps: usize) -> task2vec::Result<()> {
         row["forward_s"] = json!(fwd);
         row["backward_s"] = json!((fwd_bwd - fwd - loss_only).max(0.0));
         println!("{row}");
+    }
+    for (name, c, size, per_net) in BATCH_NORMS {
+        let x = Var::randn(0f32, 1.0, (batch, c, size, size), &dev)?;
+        let g = Tensor::randn(0f32, 1.0, (batch, c, size, size), &dev)?;
+        let bn = BatchNorm {
+            weight: Var::ones(c, candle_core::DType::F32, &dev)?,
+            bias: Var::zeros(c, candle_core::DType::F32, &dev)?,
+            running_mean: Tensor::zeros(c, candle_core::DType::F32, &dev)?,
+            running_var: Tensor::ones(c, candle_core::DType::F32, &dev)?,
+            eps: 1e-5,
+        };
+        let train = Forward {
+            bn: BnMode::Train,
+            grad: true,
+        };
+        let loss_only = loss_cost(&g, reps)?;
+        let candle_fwd = || -> candle_core::Result<Tensor> {
+            bn.forward(x.as_tensor(), train).map_err(wrap)?.relu()
+        };
+        let ops_fwd = || -> candle_core::Result<Tensor> {
+            batch_norm_train(
+                x.as_tensor(),
+                bn.weight.as_tensor(),
+                bn.bias.as_tensor(),
+                1e-5,
+                false,
+            )
+            .map_err(wrap)?
+            .relu()
+        };
+        for (method, f) in [
+            (
+                "candle",
+                &candle_fwd as &dyn Fn() -> candle_core::Result<Tensor>,
+            ),
+            ("ops", &ops_fwd),
+        ] {
+            let fwd = best(reps, f)?;
+            let fwd_bwd = best(reps, || (&f()? * &g)?.sum_all()?.backward())?;
+            println!(
+                "{}",
+                json!({"bn": name, "channels": c, "size": size, "batch": batch,
+                       "per_net": per_net, "threads": threads, "method": method,
+                       "forward_s": fwd,
+                       "backward_s": (fwd_bwd - fwd - loss_only).max(0.0)})
+            );
+        }
     }
     Ok(())
 }
@@ -198,7 +274,7 @@ fn main() -> std::process::ExitCode {
             ("--batch", Some(v)) => batch = v,
             ("--reps", Some(v)) => reps = v.max(1),
             _ => {
-                eprintln!("bench_conv: usage: [--threads N] [--batch N] [--reps N]");
+                eprintln!("bench_layers: usage: [--threads N] [--batch N] [--reps N]");
                 return std::process::ExitCode::from(2);
             }
         }
@@ -206,7 +282,7 @@ fn main() -> std::process::ExitCode {
     match run(threads, batch, reps) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("bench_conv: {e}");
+            eprintln!("bench_layers: {e}");
             std::process::ExitCode::FAILURE
         }
     }
