@@ -298,6 +298,18 @@ fn relu6_composite(x: &Tensor) -> Result<Tensor> {
     Ok(x.mul(&inner)?.add(&high)?)
 }
 
+/// Largest absolute element difference of two same-shape tensors (f64), for the ops' tests.
+#[cfg(test)]
+pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    a.sub(b)
+        .and_then(|d| d.abs())
+        .and_then(|d| d.flatten_all())
+        .and_then(|d| d.max(0))
+        .and_then(|d| d.to_dtype(candle_core::DType::F64))
+        .and_then(|d| d.to_scalar::<f64>())
+        .expect("max_abs_diff")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -536,20 +536,8 @@ fn batch_norm_train_composite(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::probe::ops::max_abs_diff;
     use candle_core::{Device, Var};
-
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-        a.sub(b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap()
-    }
 
     /// Forward values and the gradients of every argument agree between the fused operation
     /// and its composition from candle's own operations.

@@ -528,24 +528,12 @@ fn depthwise_conv2d_composite(x: &Tensor, kernel: &Tensor, stride: usize) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::probe::ops::max_abs_diff;
     use candle_core::{Device, Var};
 
     /// Reference: candle's grouped convolution on an explicitly padded input.
     fn depthwise_reference(x: &Tensor, k: &Tensor, stride: usize) -> Tensor {
         depthwise_conv2d_composite(x, k, stride).unwrap()
-    }
-
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-        a.sub(b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap()
     }
 
     #[test]
