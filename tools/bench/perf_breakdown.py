@@ -3,9 +3,12 @@
 
     perf script -i perf.data -F tid,ip,sym | tools/bench/perf_breakdown.py
 
-Each sample is charged to the innermost frame of its stack that names a known operation (the
-probes' custom ops, candle's kernels, the allocator), so the time a page fault or a GEMM takes
-is charged to the operation that caused it. The column `kernel` is the part of each share
+Each sample is charged to the first category (in the order of `CATEGORIES`) that some frame of
+its stack names: the probes' own operations first, then candle's kernels, then the allocator.
+So the time a page fault or a GEMM takes is charged to the operation that caused it (a GEMM
+inside candle's convolution counts as convolution). Work that rayon runs on its worker threads
+keeps only the operation's own frames, not the caller's: a candle element-wise operation is
+charged to "candle", whichever layer asked for it. The column `kernel` is the part of each share
 spent in the Linux kernel (page faults, zeroing and unmapping fresh memory).
 """
 
@@ -28,12 +31,15 @@ CATEGORIES = [
     ("candle: reductions", r"ReduceSum|reduce|sum_impl|Tensor::sum|mean"),
     ("candle: copies / layout", r"copy_strided|copy2d|copy_strided_src|Tensor::(contiguous|cat|narrow|transpose|pad)"),
     ("candle: fills (zeros/ones)", r"zeros_impl|ones_impl|Tensor::(zeros|ones)|alloc_zeros|zeros_like|ones_like"),
-    ("candle: matmul (head)", r"cpu_backend::MatMul"),
+    ("candle: matmul", r"cpu_backend::MatMul"),
     ("dataset decode / preprocess", r"task2vec::dataset"),
     ("free (munmap)", r"munmap|__munmap"),
     ("malloc", r"malloc|_int_free|cfree"),
-    ("rayon idle / sync", r"rayon_core::(registry|sleep|latch)|crossbeam|futex|sched_yield|BarrierGuard"),
 ]
+
+# Charged only when one of the three innermost frames matches: every worker-thread stack holds
+# rayon's registry frames further out.
+IDLE = ("rayon idle / sync", re.compile(r"rayon_core::(sleep|latch)|futex|sched_yield|BarrierGuard"))
 
 
 def main():
@@ -48,13 +54,13 @@ def main():
             return
         n += 1
         label = "other"
-        for frame in stack:
+        if any(IDLE[1].search(f) for f in stack[:3]):
+            label = IDLE[0]
+        else:
             for name, rx in compiled:
-                if rx.search(frame):
+                if any(rx.search(frame) for frame in stack):
                     label = name
                     break
-            if label != "other":
-                break
         totals[label] += 1
         if stack[0].startswith("ffffffff"):
             kernel[label] += 1

@@ -15,6 +15,8 @@
 # speed:  EfficientNet-Lite0 224 px, ResNet-18 224 px (128 images each), ResNet-18 32 px (512
 #         images); each configuration runs Rust then PyTorch, then (ROUNDS=2, the default)
 #         PyTorch then Rust, so a drift in the machine's load hits both sides alike.
+#         SPEED_CONFIGS="arch:px:images ..." picks other configurations; TAG=x writes the
+#         results to speed-x.jsonl instead of speed.jsonl.
 # memory: the Rust side at 256 and 1024 images (ResNet-18 32 px, EfficientNet-Lite0 64 px),
 #         with the default 1 GiB input cache and without it, and the reference at both sizes.
 # malloc: EfficientNet-Lite0 224 px (128 images) and ResNet-18 32 px (512 images), both sides
@@ -92,10 +94,14 @@ pair() { # file arch weights size images
 }
 
 if [ "$what" = speed ] || [ "$what" = all ]; then
-    : >"$OUT/speed.jsonl"
-    pair speed efficientnet-lite0 "$EFFNET" 224 128
-    pair speed resnet18 "$RESNET" 32 512
-    pair speed resnet18 "$RESNET" 224 128
+    file=speed${TAG:+-$TAG}
+    : >"$OUT/$file.jsonl"
+    for config in ${SPEED_CONFIGS:-efficientnet-lite0:224:128 resnet18:32:512 resnet18:224:128}; do
+        IFS=: read -r arch size n <<<"$config"
+        weights=$RESNET
+        [ "$arch" = efficientnet-lite0 ] && weights=$EFFNET
+        pair "$file" "$arch" "$weights" "$size" "$n"
+    done
 fi
 
 if [ "$what" = memory ] || [ "$what" = all ]; then
