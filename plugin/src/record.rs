@@ -1,0 +1,152 @@
+//! What a stored point holds: the payload documents of tasks and experts, and the records the
+//! store hands back.
+//!
+//! Payload fields are flat where a query may filter on them (`samples`, `n_classes`, `tags`,
+//! `estimator`, ...) and the embedding's whole metadata rides along under `meta` (minus its
+//! layout, which is the store's and lives once in its manifest), so a stored task reads back as
+//! the exact [`Embedding`] that was written.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use task2vec::embedding::{Embedding, EmbeddingMeta};
+use uuid::Uuid;
+
+/// Version of the payload documents written by this crate.
+pub const PAYLOAD_SCHEMA: u32 = 1;
+
+/// Free-form string labels (owner, team, domain, ...), filterable in Qdrant as `tags.<key>`.
+pub type Tags = BTreeMap<String, String>;
+
+/// Payload of a point of the `tasks` collection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct TaskPayload {
+    pub schema: u32,
+    pub dataset_uri: String,
+    pub fingerprint: String,
+    pub classes: Vec<String>,
+    pub n_classes: usize,
+    /// Distinct images whose features were computed.
+    pub samples: usize,
+    pub probe: String,
+    pub weights_sha256: String,
+    pub estimator: String,
+    pub norm: f64,
+    /// When the embedding was computed.
+    pub created: String,
+    /// When it was written to the store.
+    pub stored_at: String,
+    pub tags: Tags,
+    /// Whether the point has a `scale` vector (absent means all ones).
+    pub has_scale: bool,
+    /// `d_sym(task, trivial)`: the complexity term of the asymmetric distance, `null` while the
+    /// store knows no trivial embedding.
+    pub complexity: Option<f64>,
+    /// The embedding's metadata with an empty layout.
+    pub meta: EmbeddingMeta,
+}
+
+/// Payload of a point of the `experts` collection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct ExpertPayload {
+    pub schema: u32,
+    pub key: String,
+    pub name: String,
+    pub weights_uri: String,
+    pub tags: Tags,
+    pub metrics: BTreeMap<String, f64>,
+    /// Point id (in `tasks`) of the task the expert was trained on.
+    pub trained_on_task: Uuid,
+    pub trained_on_uri: String,
+    pub trained_on_fingerprint: String,
+    pub probe: String,
+    pub weights_sha256: String,
+    pub estimator: String,
+    pub norm: f64,
+    pub stored_at: String,
+    pub has_scale: bool,
+    /// `d_sym(training task, trivial)`, `null` while the store knows no trivial embedding.
+    pub complexity: Option<f64>,
+    /// The training task's embedding metadata with an empty layout.
+    pub meta: EmbeddingMeta,
+}
+
+/// A stored task, read back whole.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredTask {
+    /// Its point id ([`crate::task_point_id`]).
+    pub id: Uuid,
+    /// The embedding as it was written (raw hessian and scale, full metadata).
+    pub embedding: Embedding,
+    /// Its tags.
+    pub tags: Tags,
+    /// When it was written, RFC 3339 UTC.
+    pub stored_at: String,
+}
+
+/// A stored task as listed (no vectors).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskSummary {
+    /// Its point id.
+    pub id: Uuid,
+    /// The dataset's path or URI.
+    pub dataset_uri: String,
+    /// The dataset's fingerprint.
+    pub fingerprint: String,
+    /// Number of classes.
+    pub n_classes: usize,
+    /// Distinct images whose features were computed.
+    pub samples: usize,
+    /// Euclidean norm of the hessian.
+    pub norm: f64,
+    /// Its tags.
+    pub tags: Tags,
+    /// When it was written, RFC 3339 UTC.
+    pub stored_at: String,
+}
+
+/// An expert (a pretrained model of the zoo) as the user describes it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Expert {
+    /// The user's id for it (unique in the zoo; the point id derives from it).
+    pub key: String,
+    /// Display name.
+    pub name: String,
+    /// Where its weights are.
+    pub weights_uri: String,
+    /// Free-form labels.
+    pub tags: Tags,
+    /// Free-form metrics (accuracy on its training task, ...).
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// A stored expert, read back whole.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredExpert {
+    /// Its point id ([`crate::expert_point_id`]).
+    pub id: Uuid,
+    /// The expert as described.
+    pub expert: Expert,
+    /// The embedding of the task it was trained on (its `model2vec` vector until Model2Vec
+    /// biases are learned).
+    pub trained_on: Embedding,
+    /// The point id that task has (or would have) in `tasks`.
+    pub trained_on_task: Uuid,
+    /// When it was written, RFC 3339 UTC.
+    pub stored_at: String,
+}
+
+impl From<(Uuid, &TaskPayload)> for TaskSummary {
+    fn from((id, p): (Uuid, &TaskPayload)) -> Self {
+        TaskSummary {
+            id,
+            dataset_uri: p.dataset_uri.clone(),
+            fingerprint: p.fingerprint.clone(),
+            n_classes: p.n_classes,
+            samples: p.samples,
+            norm: p.norm,
+            tags: p.tags.clone(),
+            stored_at: p.stored_at.clone(),
+        }
+    }
+}

@@ -1,0 +1,332 @@
+//! The store against the real embedded Qdrant engine (Qdrant Edge): round trips, idempotent
+//! re-upserts, deletes, persistence across reopening, and refusal of vectors that do not belong
+//! to the store. Vectors are the reference EfficientNet-Lite0 embeddings and log-normal
+//! perturbations of them.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{embedding, fixture_embedding, perturbed};
+use task2vec::fisher::Estimator;
+use task2vec_qdrant::{
+    expert_point_id, task_point_id, Error, Expert, IndexTransform, Store, Tags, VectorSpace,
+};
+
+fn space() -> VectorSpace {
+    VectorSpace::of(&fixture_embedding(0))
+}
+
+fn tags(pairs: &[(&str, &str)]) -> Tags {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn mismatch_message(r: task2vec_qdrant::Result<impl std::fmt::Debug>) -> String {
+    match r {
+        Err(Error::Mismatch(m)) => m,
+        other => panic!("expected a mismatch error, got {other:?}"),
+    }
+}
+
+#[test]
+fn task_round_trip_is_exact() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Store::open(dir.path(), &space()).expect("create store");
+    let e = fixture_embedding(2);
+    let t = tags(&[("owner", "vision-team")]);
+    let id = store.upsert_task(&e, &t).expect("upsert");
+    assert_eq!(
+        id,
+        task_point_id(
+            &e.meta.dataset.fingerprint,
+            common::WEIGHTS_SHA256,
+            Estimator::MonteCarlo
+        )
+    );
+
+    let back = store.get_task(id).expect("get").expect("stored task");
+    assert_eq!(back.id, id);
+    assert_eq!(
+        back.embedding, e,
+        "hessian, scale and metadata read back exactly"
+    );
+    assert_eq!(back.tags, t);
+
+    let list = store.list_tasks().expect("list");
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].id, id);
+    assert_eq!(list[0].dataset_uri, "/data/fashion_tops");
+    assert_eq!(list[0].fingerprint, e.meta.dataset.fingerprint);
+    assert_eq!(list[0].samples, 320);
+    assert_eq!(list[0].n_classes, 5);
+    assert!((list[0].norm - e.norm()).abs() < 1e-9 * e.norm());
+    assert_eq!(store.count_tasks().expect("count"), 1);
+    assert!(store.get_task(uuid::Uuid::nil()).expect("get").is_none());
+}
+
+#[test]
+fn variational_scale_round_trips() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut e = fixture_embedding(1);
+    e.meta.settings.fisher.estimator = Estimator::Variational;
+    // A per-layer prior precision, repeated over each layer's filters.
+    for (k, entry) in e.meta.layout.iter().enumerate() {
+        let s = 0.5 + k as f32 * 0.01;
+        e.scale[entry.offset..entry.offset + entry.n_filters].fill(s);
+    }
+    let store = Store::open(dir.path(), &VectorSpace::of(&e)).expect("create store");
+    let id = store.upsert_task(&e, &Tags::new()).expect("upsert");
+    let back = store.get_task(id).expect("get").expect("stored");
+    assert_eq!(back.embedding.scale, e.scale);
+    assert_eq!(back.embedding, e);
+}
+
+#[test]
+fn re_upserting_the_same_dataset_replaces_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Store::open(dir.path(), &space()).expect("create store");
+    let first = embedding("cifar-like", perturbed(0, 0.3, 1));
+    let mut second = embedding("cifar-like", perturbed(0, 0.3, 2));
+    second.meta.settings.seed = 7;
+    assert_ne!(first.hessian, second.hessian);
+
+    let id1 = store
+        .upsert_task(&first, &Tags::new())
+        .expect("first upsert");
+    let id1_again = store
+        .upsert_task(&first, &Tags::new())
+        .expect("same upsert");
+    let id2 = store
+        .upsert_task(&second, &tags(&[("run", "2")]))
+        .expect("second upsert");
+    assert_eq!(id1, id1_again);
+    assert_eq!(id1, id2, "same dataset, probe and estimator: same point");
+    assert_eq!(store.count_tasks().expect("count"), 1);
+    let back = store.get_task(id1).expect("get").expect("stored");
+    assert_eq!(back.embedding, second, "the last write wins");
+    assert_eq!(back.tags, tags(&[("run", "2")]));
+}
+
+#[test]
+fn delete_removes_only_that_task() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Store::open(dir.path(), &space()).expect("create store");
+    let ids: Vec<_> = (0..3)
+        .map(|i| {
+            store
+                .upsert_task(&fixture_embedding(i), &Tags::new())
+                .expect("upsert")
+        })
+        .collect();
+    assert_eq!(store.count_tasks().expect("count"), 3);
+
+    assert!(store.delete_task(ids[1]).expect("delete"));
+    assert!(
+        !store.delete_task(ids[1]).expect("delete again"),
+        "already gone"
+    );
+    assert_eq!(store.count_tasks().expect("count"), 2);
+    assert!(store.get_task(ids[1]).expect("get").is_none());
+    assert!(store.get_task(ids[0]).expect("get").is_some());
+    let mut listed: Vec<_> = store
+        .list_tasks()
+        .expect("list")
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    listed.sort();
+    let mut expected = vec![ids[0], ids[2]];
+    expected.sort();
+    assert_eq!(listed, expected);
+}
+
+#[test]
+fn store_persists_across_reopen() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tasks: Vec<_> = (0..4).map(fixture_embedding).collect();
+    let expert = Expert {
+        key: "resnet-mnist".into(),
+        name: "ResNet-18 fine-tuned on MNIST 0-4".into(),
+        weights_uri: "s3://zoo/resnet-mnist.safetensors".into(),
+        tags: tags(&[("arch", "resnet18")]),
+        metrics: BTreeMap::from([("top1".to_string(), 0.991)]),
+    };
+    let (task_ids, expert_id) = {
+        let store = Store::open(dir.path(), &space()).expect("create store");
+        let ids: Vec<_> = tasks
+            .iter()
+            .map(|e| store.upsert_task(e, &Tags::new()).expect("upsert"))
+            .collect();
+        let eid = store.upsert_expert(&expert, &tasks[0]).expect("expert");
+        store.delete_task(ids[3]).expect("delete");
+        store.close();
+        (ids, eid)
+    };
+    // Reopened without naming the space: the manifest has it.
+    {
+        let store = Store::open_existing(dir.path()).expect("reopen");
+        assert_eq!(store.space(), &space());
+        assert_eq!(store.transform(), IndexTransform::default());
+        assert_eq!(store.count_tasks().expect("count"), 3);
+        for (id, e) in task_ids.iter().zip(&tasks).take(3) {
+            let back = store.get_task(*id).expect("get").expect("persisted");
+            assert_eq!(&back.embedding, e);
+        }
+        assert!(
+            store.get_task(task_ids[3]).expect("get").is_none(),
+            "delete persisted"
+        );
+        let back = store.get_expert(expert_id).expect("get").expect("expert");
+        assert_eq!(back.expert, expert);
+        // Dropped without close: drop flushes too.
+        store
+            .upsert_task(&tasks[3], &Tags::new())
+            .expect("upsert again");
+    }
+    let store = Store::open(dir.path(), &space()).expect("reopen with space");
+    assert_eq!(store.count_tasks().expect("count"), 4);
+    assert_eq!(store.count_experts().expect("count"), 1);
+}
+
+#[test]
+fn experts_round_trip_and_delete() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Store::open(dir.path(), &space()).expect("create store");
+    let trained_on = fixture_embedding(3);
+    let expert = Expert {
+        key: "effnet-footwear".into(),
+        name: "EfficientNet-Lite0 on footwear".into(),
+        weights_uri: "file:///zoo/footwear.pth".into(),
+        tags: Tags::new(),
+        metrics: BTreeMap::new(),
+    };
+    let id = store.upsert_expert(&expert, &trained_on).expect("upsert");
+    assert_eq!(
+        id,
+        expert_point_id(
+            "effnet-footwear",
+            common::WEIGHTS_SHA256,
+            Estimator::MonteCarlo
+        )
+    );
+    assert_eq!(store.expert_id("effnet-footwear"), id);
+    assert_eq!(
+        store.upsert_expert(&expert, &trained_on).expect("again"),
+        id
+    );
+    assert_eq!(store.count_experts().expect("count"), 1);
+
+    let back = store.get_expert(id).expect("get").expect("stored");
+    assert_eq!(back.expert, expert);
+    assert_eq!(back.trained_on, trained_on);
+    assert_eq!(
+        back.trained_on_task,
+        task_point_id(
+            &trained_on.meta.dataset.fingerprint,
+            common::WEIGHTS_SHA256,
+            Estimator::MonteCarlo
+        )
+    );
+    assert_eq!(
+        store.list_experts().expect("list"),
+        vec![(id, expert.clone())]
+    );
+    assert_eq!(
+        store.count_tasks().expect("count"),
+        0,
+        "experts are not tasks"
+    );
+
+    let nameless = Expert {
+        key: " ".into(),
+        ..expert
+    };
+    mismatch_message(store.upsert_expert(&nameless, &trained_on));
+    assert!(store.delete_expert(id).expect("delete"));
+    assert_eq!(store.count_experts().expect("count"), 0);
+}
+
+#[test]
+fn vectors_that_do_not_belong_to_the_store_are_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Store::open(dir.path(), &space()).expect("create store");
+
+    let mut other_weights = fixture_embedding(0);
+    other_weights.meta.probe.weights_sha256 = "0".repeat(64);
+    let m = mismatch_message(store.upsert_task(&other_weights, &Tags::new()));
+    assert!(m.contains("probe weights"), "{m}");
+
+    let mut other_estimator = fixture_embedding(0);
+    other_estimator.meta.settings.fisher.estimator = Estimator::PerExample;
+    let m = mismatch_message(store.upsert_task(&other_estimator, &Tags::new()));
+    assert!(m.contains("estimator (monte-carlo vs per-example)"), "{m}");
+
+    let mut other_probe = fixture_embedding(0);
+    other_probe.meta.probe.arch = "resnet18".into();
+    let m = mismatch_message(store.upsert_task(&other_probe, &Tags::new()));
+    assert!(m.contains("probe (efficientnet-lite0 vs resnet18)"), "{m}");
+
+    // Fewer layers (as with skip_stages): shorter vector, shorter layout.
+    let mut shorter = fixture_embedding(0);
+    let keep = shorter.meta.layout.len() - 1;
+    let cut = shorter.meta.layout[keep].offset;
+    shorter.meta.layout.truncate(keep);
+    shorter.hessian.truncate(cut);
+    shorter.scale.truncate(cut);
+    let m = mismatch_message(store.upsert_task(&shorter, &Tags::new()));
+    assert!(m.contains(&format!("dimension (42016 vs {cut})")), "{m}");
+
+    let mut nan = fixture_embedding(0);
+    nan.hessian[17] = f32::NAN;
+    let m = mismatch_message(store.upsert_task(&nan, &Tags::new()));
+    assert!(m.contains("hessian[17]"), "{m}");
+
+    let mut trivial = fixture_embedding(4);
+    trivial.meta.settings.random_labels = true;
+    let m = mismatch_message(store.upsert_task(&trivial, &Tags::new()));
+    assert!(m.contains("random labels"), "{m}");
+
+    let expert = Expert {
+        key: "x".into(),
+        ..Expert::default()
+    };
+    mismatch_message(store.upsert_expert(&expert, &other_estimator));
+
+    assert_eq!(
+        store.count_tasks().expect("count"),
+        0,
+        "nothing was written"
+    );
+    assert_eq!(store.count_experts().expect("count"), 0);
+}
+
+#[test]
+fn reopening_for_another_space_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    Store::open(dir.path(), &space()).expect("create").close();
+    let mut other = space();
+    other.estimator = Estimator::Variational;
+    other.montecarlo_batch_size = None;
+    let m = mismatch_message(Store::open(dir.path(), &other).map(|_| ()));
+    assert!(m.contains("estimator"), "{m}");
+    Store::open(dir.path(), &space()).expect("the right space still opens");
+}
+
+#[test]
+fn a_store_open_elsewhere_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Store::open(dir.path(), &space()).expect("create");
+    match Store::open_existing(dir.path()) {
+        Err(Error::Store { what, .. }) => assert!(what.contains("in use"), "{what}"),
+        other => panic!("expected the lock to refuse, got {:?}", other.map(|_| ())),
+    }
+    drop(store);
+    Store::open_existing(dir.path()).expect("free after close");
+    match Store::open_existing(&dir.path().join("nowhere")) {
+        Err(Error::Store { what, .. }) => assert!(what.contains("not a store"), "{what}"),
+        other => panic!("expected not-a-store, got {:?}", other.map(|_| ())),
+    }
+}
