@@ -14,11 +14,22 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// The store's folder cannot be used: locked by another process, a manifest that does not
-    /// parse, a collection folder that does not match the manifest.
+    /// The embedded store's folder is held open by another [`crate::Store`] (in this or another
+    /// process, e.g. the daemon): its `store.lock` is taken.
+    #[error(
+        "store {path} is in use: another open store (this or another process, e.g. the daemon) \
+         holds store.lock"
+    )]
+    Locked {
+        /// The store's data folder.
+        path: PathBuf,
+    },
+    /// The store cannot be used: a manifest that does not parse, a collection that does not
+    /// match the manifest, a folder or server that holds no store.
     #[error("store {path}: {what}")]
     Store {
-        /// The store's data folder (or the file inside it that is wrong).
+        /// The store's data folder, or the file inside it that is wrong (for a remote store,
+        /// the server URL and collection).
         path: PathBuf,
         /// What is wrong, in words a user can act on.
         what: String,
@@ -32,6 +43,33 @@ pub enum Error {
         operation: &'static str,
         /// The engine's message.
         message: String,
+    },
+    /// A Qdrant server could not be reached or refused a request.
+    #[error("qdrant server {url}: {operation} failed: {message}")]
+    Remote {
+        /// The server's URL, as configured.
+        url: String,
+        /// What was attempted, with the collection (`upsert into task2vec_tasks`, ...).
+        operation: String,
+        /// The client's or server's message.
+        message: String,
+    },
+    /// A point that a request names does not exist.
+    #[error("no {what} with id {id} in the store")]
+    NotFound {
+        /// What was looked for (`task`, `expert`).
+        what: &'static str,
+        /// Its id.
+        id: uuid::Uuid,
+    },
+    /// A dump folder that cannot be read back: a missing or malformed file, a line that does
+    /// not parse.
+    #[error("dump {path}: {what}")]
+    Dump {
+        /// The dump folder, or the file in it that is wrong.
+        path: PathBuf,
+        /// What is wrong.
+        what: String,
     },
     /// Two things that must agree do not: a vector from another probe, estimator or layout
     /// than the store's, a vector of the wrong length, an invalid vector.

@@ -16,22 +16,21 @@
 //! sign of the complexity term flips).
 
 use std::cmp::Ordering;
-use std::collections::HashMap;
 
-use qdrant_edge::{
-    Expression, Formula, NamedQuery, PointId, Prefetch, QueryEnum, QueryRequest, ScoringQuery,
-    VectorInternal, WithPayloadInterface, WithVector,
-};
+use serde::{Deserialize, Serialize};
 use task2vec::distance::d_sym;
 use task2vec::embedding::Embedding;
 use uuid::Uuid;
 
+use crate::backend::{Filter, FormulaQuery, Nearest, WithVectors};
 use crate::record::ExpertPayload;
-use crate::store::{point_uuid, HESSIAN, MODEL2VEC};
+use crate::store::{HESSIAN, MODEL2VEC};
 use crate::{Error, Result, Store};
 
-/// Settings of [`Store::select_experts`].
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// Settings of [`Store::select_experts`] (missing fields of a JSON document take the
+/// defaults).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct SelectOptions {
     /// Weight of the complexity term (the paper tunes it; 0.15 is the value recalled for
     /// ResNet-34, unverified). 0 ranks by `d_sym` alone and needs no trivial embedding.
@@ -53,7 +52,7 @@ impl Default for SelectOptions {
 }
 
 /// One expert ranked for a target task, with the parts of its score.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RankedExpert {
     /// Its point id.
     pub id: Uuid,
@@ -72,7 +71,7 @@ pub struct RankedExpert {
 }
 
 /// A point and the score Qdrant gave it.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Hit {
     /// The point id.
     pub id: Uuid,
@@ -91,30 +90,27 @@ impl Store {
         options: &SelectOptions,
     ) -> Result<Vec<RankedExpert>> {
         self.space().check(target)?;
+        if !options.alpha.is_finite() {
+            return Err(Error::Mismatch(format!(
+                "alpha = {}: must be a finite number",
+                options.alpha
+            )));
+        }
         let index = self.transform().apply(&target.hessian)?;
-        let hits = self.experts().query(QueryRequest {
-            prefetches: Vec::new(),
-            query: Some(nearest(MODEL2VEC, index)),
-            filter: None,
-            score_threshold: None,
-            limit: options.prefetch,
-            offset: 0,
-            params: None,
-            with_vector: WithVector::Selector(vec![HESSIAN.to_string()]),
-            with_payload: WithPayloadInterface::Bool(true),
-        })?;
+        let c = self.experts();
+        let hits = c.search(
+            &Nearest {
+                using: MODEL2VEC,
+                vector: index,
+                filter: Filter::default(),
+                limit: options.prefetch.max(options.limit),
+            },
+            WithVectors::Only(&[HESSIAN]),
+        )?;
         let mut ranked = Vec::with_capacity(hits.len());
         for hit in hits {
-            let record = qdrant_edge::Record {
-                id: hit.id,
-                payload: hit.payload,
-                vector: hit.vector,
-                shard_key: None,
-                order_value: None,
-            };
-            let c = self.experts();
-            let payload: ExpertPayload = self.payload(c, &record)?;
-            let hessian = self.dense(c, &record, HESSIAN)?;
+            let payload: ExpertPayload = self.payload(c, &hit.point)?;
+            let hessian = self.dense(c, &hit.point, HESSIAN)?;
             let complexity = match (payload.complexity, options.alpha == 0.0) {
                 (Some(x), _) => x,
                 (None, true) => 0.0,
@@ -128,7 +124,7 @@ impl Store {
             };
             let d = d_sym(&hessian, &target.hessian)?;
             ranked.push(RankedExpert {
-                id: point_uuid(c, &record)?,
+                id: hit.point.id,
                 key: payload.key,
                 name: payload.name,
                 d_asym: d - options.alpha * complexity,
@@ -147,8 +143,27 @@ impl Store {
         Ok(ranked)
     }
 
+    /// [`Store::select_experts`] for a stored task, by its id.
+    ///
+    /// Errors: [`Error::NotFound`] when no task has this id; otherwise as
+    /// [`Store::select_experts`].
+    pub fn select_experts_for_task(
+        &self,
+        id: Uuid,
+        options: &SelectOptions,
+    ) -> Result<Vec<RankedExpert>> {
+        let task = self
+            .get_task(id)?
+            .ok_or(Error::NotFound { what: "task", id })?;
+        self.select_experts(&task.embedding, options)
+    }
+
     /// The experts ranked by Qdrant alone: cosine prefetch of `prefetch` on `model2vec`,
     /// re-scored by the formula `$score + alpha · complexity`, best first.
+    ///
+    /// `alpha` weighs the complexity against a cosine similarity, not against `d_sym`: to
+    /// approximate [`Store::select_experts`] with its `alpha`, pass about 0.27 times it
+    /// (docs/schema.md, "Ranking in any language", has the measured slope and agreement).
     pub fn rank_experts_by_formula(
         &self,
         target: &Embedding,
@@ -158,56 +173,23 @@ impl Store {
     ) -> Result<Vec<Hit>> {
         self.space().check(target)?;
         let index = self.transform().apply(&target.hessian)?;
-        let formula = Formula {
-            formula: Expression::Sum(vec![
-                Expression::Variable("$score".into()),
-                Expression::Mult(vec![
-                    Expression::Constant(alpha),
-                    Expression::Variable("complexity".into()),
-                ]),
-            ]),
-            defaults: HashMap::from([("complexity".to_string(), serde_json::json!(0.0))]),
-        };
-        let formula = formula.try_into().map_err(|e| Error::Engine {
-            collection: self.experts().name().to_string(),
-            operation: "parse formula",
-            message: format!("{e}"),
-        })?;
-        let hits = self.experts().query(QueryRequest {
-            prefetches: vec![Prefetch {
-                prefetches: Vec::new(),
-                query: Some(nearest(MODEL2VEC, index)),
+        let hits = self.experts().formula(&FormulaQuery {
+            prefetch: Nearest {
+                using: MODEL2VEC,
+                vector: index,
+                filter: Filter::default(),
                 limit: prefetch,
-                params: None,
-                filter: None,
-                score_threshold: None,
-            }],
-            query: Some(ScoringQuery::Formula(formula)),
-            filter: None,
-            score_threshold: None,
+            },
+            alpha,
+            variable: "complexity",
             limit,
-            offset: 0,
-            params: None,
-            with_vector: WithVector::Bool(false),
-            with_payload: WithPayloadInterface::Bool(false),
         })?;
-        hits.into_iter()
-            .map(|h| match h.id {
-                PointId::Uuid(id) => Ok(Hit { id, score: h.score }),
-                PointId::NumId(n) => Err(Error::Corrupt {
-                    collection: self.experts().name().to_string(),
-                    id: n.to_string(),
-                    what: "numeric id: not written by this crate".into(),
-                }),
+        Ok(hits
+            .into_iter()
+            .map(|h| Hit {
+                id: h.point.id,
+                score: h.score,
             })
-            .collect()
+            .collect())
     }
-}
-
-/// A nearest-neighbour query on the named vector.
-fn nearest(using: &str, vector: Vec<f32>) -> ScoringQuery {
-    ScoringQuery::Vector(QueryEnum::Nearest(NamedQuery::new(
-        VectorInternal::Dense(vector),
-        using,
-    )))
 }

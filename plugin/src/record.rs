@@ -1,10 +1,13 @@
 //! What a stored point holds: the payload documents of tasks and experts, and the records the
 //! store hands back.
 //!
-//! Payload fields are flat where a query may filter on them (`samples`, `n_classes`, `tags`,
-//! `estimator`, ...) and the embedding's whole metadata rides along under `meta` (minus its
-//! layout, which is the store's and lives once in its manifest), so a stored task reads back as
-//! the exact [`Embedding`] that was written.
+//! Payload fields are flat where a query may filter on them (`samples`, `n_classes`,
+//! `tag_pairs`, `dataset_uri`, ...) and the embedding's whole metadata rides along under
+//! `meta` as JSON text (minus its layout, which is the store's and lives once in its manifest),
+//! so a stored task reads back as the exact [`Embedding`] that was written. Text rather than a
+//! nested object because Qdrant's gRPC payload values have no unsigned 64-bit integer: a seed
+//! above 2^63 would come back altered from a server. docs/schema.md is the field-by-field
+//! contract.
 
 use std::collections::BTreeMap;
 
@@ -12,11 +15,56 @@ use serde::{Deserialize, Serialize};
 use task2vec::embedding::{Embedding, EmbeddingMeta};
 use uuid::Uuid;
 
-/// Version of the payload documents written by this crate.
-pub const PAYLOAD_SCHEMA: u32 = 1;
+use crate::{Error, Result};
 
-/// Free-form string labels (owner, team, domain, ...), filterable in Qdrant as `tags.<key>`.
+/// Version of the payload documents written by this crate.
+pub const PAYLOAD_SCHEMA: u32 = 2;
+
+/// Free-form string labels (owner, team, domain, ...). Stored as the object `tags` and, for
+/// indexed filtering, as the keyword array `tag_pairs` of `key=value` strings (so a key may not
+/// contain `=`).
 pub type Tags = BTreeMap<String, String>;
+
+/// The `tag_pairs` payload value of `tags`: `key=value` for each pair, in key order.
+///
+/// Errors: [`Error::Mismatch`] for an empty key or a key containing `=`, which would make the
+/// pair ambiguous.
+pub fn tag_pairs(tags: &Tags) -> Result<Vec<String>> {
+    tags.iter()
+        .map(|(k, v)| {
+            if k.is_empty() || k.contains('=') {
+                Err(Error::Mismatch(format!(
+                    "tag key `{k}`: a tag key must be non-empty and contain no `=`"
+                )))
+            } else {
+                Ok(tag_pair(k, v))
+            }
+        })
+        .collect()
+}
+
+/// One `tag_pairs` entry.
+pub(crate) fn tag_pair(key: &str, value: &str) -> String {
+    format!("{key}={value}")
+}
+
+/// (De)serialises a value as JSON text inside the payload.
+mod json_text {
+    use serde::de::{DeserializeOwned, Error as _};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<T: Serialize, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+        let text = serde_json::to_string(v).map_err(serde::ser::Error::custom)?;
+        s.serialize_str(&text)
+    }
+
+    pub fn deserialize<'de, T: DeserializeOwned, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<T, D::Error> {
+        let text = String::deserialize(d)?;
+        serde_json::from_str(&text).map_err(D::Error::custom)
+    }
+}
 
 /// Payload of a point of the `tasks` collection.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -37,12 +85,15 @@ pub(crate) struct TaskPayload {
     /// When it was written to the store.
     pub stored_at: String,
     pub tags: Tags,
+    /// `key=value` for each tag (keyword-indexed).
+    pub tag_pairs: Vec<String>,
     /// Whether the point has a `scale` vector (absent means all ones).
     pub has_scale: bool,
     /// `d_sym(task, trivial)`: the complexity term of the asymmetric distance, `null` while the
     /// store knows no trivial embedding.
     pub complexity: Option<f64>,
-    /// The embedding's metadata with an empty layout.
+    /// The embedding's metadata with an empty layout, as JSON text.
+    #[serde(with = "json_text")]
     pub meta: EmbeddingMeta,
 }
 
@@ -54,6 +105,8 @@ pub(crate) struct ExpertPayload {
     pub name: String,
     pub weights_uri: String,
     pub tags: Tags,
+    /// `key=value` for each tag (keyword-indexed).
+    pub tag_pairs: Vec<String>,
     pub metrics: BTreeMap<String, f64>,
     /// Point id (in `tasks`) of the task the expert was trained on.
     pub trained_on_task: Uuid,
@@ -67,7 +120,8 @@ pub(crate) struct ExpertPayload {
     pub has_scale: bool,
     /// `d_sym(training task, trivial)`, `null` while the store knows no trivial embedding.
     pub complexity: Option<f64>,
-    /// The training task's embedding metadata with an empty layout.
+    /// The training task's embedding metadata with an empty layout, as JSON text.
+    #[serde(with = "json_text")]
     pub meta: EmbeddingMeta,
 }
 
@@ -85,7 +139,7 @@ pub struct StoredTask {
 }
 
 /// A stored task as listed (no vectors).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskSummary {
     /// Its point id.
     pub id: Uuid,
@@ -106,7 +160,7 @@ pub struct TaskSummary {
 }
 
 /// An expert (a pretrained model of the zoo) as the user describes it.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Expert {
     /// The user's id for it (unique in the zoo; the point id derives from it).
     pub key: String,

@@ -1,6 +1,7 @@
-//! The store: task and expert vectors in the embedded Qdrant engine, under one data folder.
+//! The store: task and expert vectors in Qdrant, embedded (Qdrant Edge, one data folder) or on
+//! a server (`qdrant-client`), behind one synchronous API.
 //!
-//! Layout of the data folder:
+//! Layout of an embedded store's data folder:
 //!
 //! - `store.json`: the manifest (format version, [`VectorSpace`], [`IndexTransform`]), written
 //!   once at creation;
@@ -10,17 +11,17 @@
 //! - `trivial.safetensors`: the trivial embedding t0 of the asymmetric distance, once set
 //!   ([`Store::set_trivial`]; not needed for variational embeddings, whose own prior is t0).
 //!
+//! On a server the same data is in the collections `{prefix}tasks`, `{prefix}experts` and
+//! `{prefix}meta` (manifest and trivial embedding); see [`crate::config::RemoteConfig`].
+//!
 //! Every point carries the index vector `task2vec` (cosine, see [`IndexTransform`]; experts
 //! also `model2vec`), the raw Fisher vector `hessian` for the exact re-rank, the raw `scale`
-//! when it is not all ones, and a JSON payload (see [`crate::record`]).
+//! when it is not all ones, and a JSON payload (see [`crate::record`] and docs/schema.md).
 
-use std::collections::HashMap;
-use std::fs::{File, TryLockError};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::{PoisonError, RwLock};
 
-use qdrant_edge::{PointId, PointStruct, Record, VectorInternal, VectorStructInternal, Vectors};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use task2vec::distance::d_sym;
@@ -28,15 +29,21 @@ use task2vec::embedding::{Embedding, EmbeddingMeta};
 use task2vec::fisher::Estimator;
 use uuid::Uuid;
 
-use crate::collection::{Collection, VectorSpec};
-use crate::record::{
-    Expert, ExpertPayload, StoredExpert, StoredTask, Tags, TaskPayload, TaskSummary, PAYLOAD_SCHEMA,
+use crate::backend::{
+    scroll_all, Collection, FieldKind, Filter, IndexedField, Location, Payload, Point, VectorSpec,
+    WithVectors,
 };
-use crate::{expert_point_id, task_point_id, Error, IndexTransform, Result, VectorSpace};
+use crate::record::{
+    tag_pairs, Expert, ExpertPayload, StoredExpert, StoredTask, Tags, TaskPayload, TaskSummary,
+    PAYLOAD_SCHEMA,
+};
+use crate::{
+    expert_point_id, task_point_id, Error, IndexTransform, Result, StoreConfig, VectorSpace,
+};
 
-/// Name of the tasks collection.
+/// Name of the tasks collection (on a server: `{prefix}tasks`).
 pub const TASKS: &str = "tasks";
-/// Name of the experts collection.
+/// Name of the experts collection (on a server: `{prefix}experts`).
 pub const EXPERTS: &str = "experts";
 /// Index vector of every point (cosine).
 pub const TASK2VEC: &str = "task2vec";
@@ -48,48 +55,104 @@ pub const HESSIAN: &str = "hessian";
 /// Raw scale vector, present only when not all ones.
 pub const SCALE: &str = "scale";
 
-const MANIFEST_FILE: &str = "store.json";
-const LOCK_FILE: &str = "store.lock";
-const TRIVIAL_FILE: &str = "trivial.safetensors";
+/// Payload indexes of the tasks collection.
+const TASK_INDEXES: &[IndexedField] = &[
+    IndexedField {
+        key: "dataset_uri",
+        kind: FieldKind::Keyword,
+    },
+    IndexedField {
+        key: "samples",
+        kind: FieldKind::Integer,
+    },
+    IndexedField {
+        key: "n_classes",
+        kind: FieldKind::Integer,
+    },
+    IndexedField {
+        key: "tag_pairs",
+        kind: FieldKind::Keyword,
+    },
+];
+/// Payload indexes of the experts collection.
+const EXPERT_INDEXES: &[IndexedField] = &[
+    IndexedField {
+        key: "key",
+        kind: FieldKind::Keyword,
+    },
+    IndexedField {
+        key: "tag_pairs",
+        kind: FieldKind::Keyword,
+    },
+];
+
 /// Points re-read at once when complexities are recomputed.
 const RECOMPUTE_BATCH: usize = 64;
 const MANIFEST_FORMAT: &str = "task2vec-qdrant-store";
-/// Version of the manifest and folder layout; readers refuse others.
+/// Version of the manifest and layout; readers refuse others.
 pub const STORE_VERSION: u32 = 1;
 
-/// The store's manifest (`store.json`).
+/// The store's manifest (`store.json`, or the manifest point of `{prefix}meta`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct Manifest {
-    format: String,
-    version: u32,
-    space: VectorSpace,
-    transform: IndexTransform,
-    created: String,
+pub(crate) struct Manifest {
+    pub format: String,
+    pub version: u32,
+    pub space: VectorSpace,
+    pub transform: IndexTransform,
+    pub created: String,
 }
 
-/// Task and expert vectors in the embedded Qdrant engine.
+impl Manifest {
+    fn new(space: &VectorSpace, transform: IndexTransform) -> Manifest {
+        Manifest {
+            format: MANIFEST_FORMAT.into(),
+            version: STORE_VERSION,
+            space: space.clone(),
+            transform,
+            created: now(),
+        }
+    }
+}
+
+/// Refuses a manifest of another format or version, saying which.
+pub(crate) fn check_manifest_version(m: &Manifest) -> std::result::Result<(), String> {
+    if m.format != MANIFEST_FORMAT || m.version != STORE_VERSION {
+        return Err(format!(
+            "manifest is `{}` version {}, this library reads `{MANIFEST_FORMAT}` version \
+             {STORE_VERSION}",
+            m.format, m.version
+        ));
+    }
+    Ok(())
+}
+
+/// Task and expert vectors in Qdrant, embedded or on a server.
 ///
-/// Writes go to the engine's write-ahead log at once; [`Store::flush`] (also run by
-/// [`Store::close`] and on drop) writes the segments too. Reopening a folder finds everything
-/// that was written.
+/// Embedded, writes go to the engine's write-ahead log at once; [`Store::flush`] (also run by
+/// [`Store::close`] and on drop) writes the segments too. On a server every write returns once
+/// the server has applied it. Reopening finds everything that was written.
+///
+/// The API is synchronous. With a remote store each call blocks on the store's own tokio
+/// runtime, so call it from plain threads or inside `tokio::task::spawn_blocking`, never from
+/// an async task.
 pub struct Store {
-    dir: PathBuf,
     manifest: Manifest,
-    tasks: Collection,
-    experts: Collection,
+    tasks: Box<dyn Collection>,
+    experts: Box<dyn Collection>,
     /// The hessian of the trivial embedding t0, once known.
     trivial: RwLock<Option<Vec<f32>>>,
-    // Dropped last (fields drop in order): the engine files are flushed before the lock goes.
-    _lock: File,
+    // Dropped last (fields drop in order): the engine files are flushed and closed before the
+    // folder's lock goes.
+    location: Location,
 }
 
 impl Store {
-    /// Opens the store in `dir` for vectors of `space`, creating it (with the default
+    /// Opens the embedded store in `dir` for vectors of `space`, creating it (with the default
     /// [`IndexTransform`]) when the folder holds none.
     ///
     /// Errors: [`Error::Mismatch`] when the folder holds a store of another space;
-    /// [`Error::Store`] when it is locked by another open store or its manifest is unreadable;
-    /// [`Error::Io`] / [`Error::Engine`] when files cannot be created or opened.
+    /// [`Error::Locked`] when another open store holds it; [`Error::Store`] when its manifest
+    /// is unreadable; [`Error::Io`] / [`Error::Engine`] when files cannot be created or opened.
     pub fn open(dir: &Path, space: &VectorSpace) -> Result<Store> {
         Store::open_with(dir, space, IndexTransform::default())
     }
@@ -97,16 +160,50 @@ impl Store {
     /// [`Store::open`] with the transform used if the store is created (an existing store keeps
     /// its own and is not refused for another).
     pub fn open_with(dir: &Path, space: &VectorSpace, transform: IndexTransform) -> Result<Store> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let lock = lock(dir)?;
-        let manifest = match read_manifest(dir)? {
+        Store::open_config_with(
+            &StoreConfig::Embedded {
+                path: dir.to_path_buf(),
+            },
+            space,
+            transform,
+        )
+    }
+
+    /// Opens an existing embedded store, whatever its space.
+    ///
+    /// Errors: [`Error::Store`] when `dir` holds no store; [`Error::Locked`] when another open
+    /// store holds it.
+    pub fn open_existing(dir: &Path) -> Result<Store> {
+        Store::open_existing_config(&StoreConfig::Embedded {
+            path: dir.to_path_buf(),
+        })
+    }
+
+    /// Opens the store `config` describes for vectors of `space`, creating it (with the default
+    /// [`IndexTransform`]) when absent: the folder and its files, or on a server the
+    /// collections `{prefix}meta`, `{prefix}tasks` and `{prefix}experts`.
+    ///
+    /// Errors: as [`Store::open`]; for a server, [`Error::Remote`] naming the URL and the
+    /// request when it cannot be reached or refuses a request (within the configured
+    /// timeouts), [`Error::Mismatch`] when the store there holds another space.
+    pub fn open_config(config: &StoreConfig, space: &VectorSpace) -> Result<Store> {
+        Store::open_config_with(config, space, IndexTransform::default())
+    }
+
+    /// [`Store::open_config`] with the transform used if the store is created.
+    pub fn open_config_with(
+        config: &StoreConfig,
+        space: &VectorSpace,
+        transform: IndexTransform,
+    ) -> Result<Store> {
+        let location = Location::connect(config, true)?;
+        let manifest = match location.read_manifest()? {
             Some(m) => {
                 let diffs = m.space.differences(space);
                 if !diffs.is_empty() {
                     return Err(Error::Mismatch(format!(
-                        "store {} holds vectors of another space: different {} (store vs \
-                         requested)",
-                        dir.display(),
+                        "{} holds vectors of another space: different {} (store vs requested)",
+                        config.describe(),
                         diffs.join(", ")
                     )));
                 }
@@ -118,37 +215,45 @@ impl Store {
                         "cannot create a store for vectors of dimension 0".into(),
                     ));
                 }
-                let m = Manifest {
-                    format: MANIFEST_FORMAT.into(),
-                    version: STORE_VERSION,
-                    space: space.clone(),
-                    transform,
-                    created: now(),
-                };
-                write_manifest(dir, &m)?;
+                let m = Manifest::new(space, transform);
+                location.create(&m)?;
                 m
             }
         };
-        Store::open_collections(dir, manifest, lock)
+        Store::assemble(location, manifest)
     }
 
-    /// Opens an existing store, whatever its space.
+    /// Opens the existing store `config` describes, whatever its space.
     ///
-    /// Errors: [`Error::Store`] when `dir` holds no store (or a locked or unreadable one).
-    pub fn open_existing(dir: &Path) -> Result<Store> {
-        if !dir.join(MANIFEST_FILE).is_file() {
-            return Err(Error::store(
-                dir,
-                format!("no {MANIFEST_FILE}: not a store"),
-            ));
-        }
-        let lock = lock(dir)?;
-        let manifest = read_manifest(dir)?
-            .ok_or_else(|| Error::store(dir, format!("no {MANIFEST_FILE}: not a store")))?;
-        Store::open_collections(dir, manifest, lock)
+    /// Errors: [`Error::Store`] when there is no store there; [`Error::Locked`] for an
+    /// embedded store open elsewhere; [`Error::Remote`] for a server that cannot be reached.
+    pub fn open_existing_config(config: &StoreConfig) -> Result<Store> {
+        let location = Location::connect(config, false)?;
+        let manifest = location.read_manifest()?.ok_or_else(|| {
+            Error::store(
+                config.describe(),
+                "no store there (no manifest): create one by storing a first embedding",
+            )
+        })?;
+        Store::assemble(location, manifest)
     }
 
-    fn open_collections(dir: &Path, manifest: Manifest, lock: File) -> Result<Store> {
+    /// Whether `config` describes an existing store (an embedded folder with a manifest, or a
+    /// server with the manifest point under the prefix). Opens nothing and takes no lock.
+    ///
+    /// Errors: [`Error::Remote`] when the server cannot be reached.
+    pub fn exists_config(config: &StoreConfig) -> Result<bool> {
+        match config {
+            StoreConfig::Embedded { path } => {
+                Ok(path.join(crate::backend::embedded::MANIFEST_FILE).is_file())
+            }
+            StoreConfig::Remote(_) => {
+                Ok(Location::connect(config, false)?.read_manifest()?.is_some())
+            }
+        }
+    }
+
+    fn assemble(location: Location, manifest: Manifest) -> Result<Store> {
         let n = manifest.space.dimension;
         let raw = |name| VectorSpec {
             name,
@@ -160,37 +265,29 @@ impl Store {
             size: n,
             indexed: true,
         };
-        let tasks = Collection::open_or_create(
-            &dir.join(TASKS),
+        let tasks = location.open_collection(
             TASKS,
             &[index(TASK2VEC), raw(HESSIAN), raw(SCALE)],
+            TASK_INDEXES,
         )?;
-        let experts = Collection::open_or_create(
-            &dir.join(EXPERTS),
+        let experts = location.open_collection(
             EXPERTS,
             &[index(TASK2VEC), index(MODEL2VEC), raw(HESSIAN), raw(SCALE)],
+            EXPERT_INDEXES,
         )?;
-        let trivial_path = dir.join(TRIVIAL_FILE);
-        let trivial = if trivial_path.is_file() {
-            let t = Embedding::load(&trivial_path)?;
-            manifest.space.check(&t)?;
-            Some(t.hessian)
-        } else {
-            None
-        };
+        let trivial = location.read_trivial(&manifest.space)?.map(|t| t.hessian);
         Ok(Store {
-            dir: dir.to_path_buf(),
             manifest,
             tasks,
             experts,
             trivial: RwLock::new(trivial),
-            _lock: lock,
+            location,
         })
     }
 
-    /// The store's data folder.
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    /// The data folder of an embedded store; `None` for a store on a server.
+    pub fn dir(&self) -> Option<&Path> {
+        self.location.dir()
     }
 
     /// The space every stored vector belongs to.
@@ -203,16 +300,26 @@ impl Store {
         self.manifest.transform
     }
 
-    /// Stores a task's embedding (replacing the one of the same dataset, probe and estimator)
-    /// and returns its point id.
+    pub(crate) fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// When the store was created, RFC 3339 UTC.
+    pub fn created(&self) -> &str {
+        &self.manifest.created
+    }
+
+    /// Stores a task's embedding (replacing the one of the same dataset location, probe and
+    /// estimator: [`task_point_id`]) and returns its point id.
     ///
     /// Errors: [`Error::Mismatch`] for an embedding of another space ([`VectorSpace::check`]),
-    /// a random-label embedding (a trivial embedding, not a task) or an invalid vector.
+    /// a random-label embedding (a trivial embedding, not a task), an invalid vector or a tag
+    /// key containing `=`.
     pub fn upsert_task(&self, embedding: &Embedding, tags: &Tags) -> Result<Uuid> {
         self.check_task_embedding(embedding)?;
         let meta = &embedding.meta;
         let id = task_point_id(
-            &meta.dataset.fingerprint,
+            &meta.dataset.path,
             &meta.probe.weights_sha256,
             embedding.estimator(),
         );
@@ -231,17 +338,24 @@ impl Store {
             created: meta.created.clone(),
             stored_at: now(),
             tags: tags.clone(),
+            tag_pairs: tag_pairs(tags)?,
             has_scale,
             complexity: self.complexity(&embedding.hessian, &embedding.scale)?,
             meta: without_layout(meta),
         };
         let index = self.manifest.transform.apply(&embedding.hessian)?;
-        let mut vectors = vec![(TASK2VEC, index), (HESSIAN, embedding.hessian.clone())];
+        let mut vectors = BTreeMap::from([
+            (TASK2VEC.to_string(), index),
+            (HESSIAN.to_string(), embedding.hessian.clone()),
+        ]);
         if has_scale {
-            vectors.push((SCALE, embedding.scale.clone()));
+            vectors.insert(SCALE.to_string(), embedding.scale.clone());
         }
-        self.tasks
-            .upsert(vec![point(id, vectors, to_json(&payload)?)])?;
+        self.tasks.upsert(vec![Point {
+            id,
+            vectors,
+            payload: to_payload(&payload)?,
+        }])?;
         Ok(id)
     }
 
@@ -249,11 +363,16 @@ impl Store {
     ///
     /// Errors: [`Error::Corrupt`] when the point does not read back as this crate wrote it.
     pub fn get_task(&self, id: Uuid) -> Result<Option<StoredTask>> {
-        let Some(record) = self.tasks.retrieve(&[id], true)?.into_iter().next() else {
+        let Some(point) = self
+            .tasks
+            .retrieve(&[id], WithVectors::All)?
+            .into_iter()
+            .next()
+        else {
             return Ok(None);
         };
-        let payload: TaskPayload = self.payload(&self.tasks, &record)?;
-        let embedding = self.embedding(&self.tasks, &record, &payload.meta, payload.has_scale)?;
+        let payload: TaskPayload = self.payload(self.tasks(), &point)?;
+        let embedding = self.embedding(self.tasks(), &point, &payload.meta, payload.has_scale)?;
         Ok(Some(StoredTask {
             id,
             embedding,
@@ -264,17 +383,16 @@ impl Store {
 
     /// Deletes a task; returns whether it existed.
     pub fn delete_task(&self, id: Uuid) -> Result<bool> {
-        delete(&self.tasks, id)
+        delete(self.tasks(), id)
     }
 
     /// Every stored task, in point-id order.
     pub fn list_tasks(&self) -> Result<Vec<TaskSummary>> {
-        self.tasks
-            .scroll_all()?
+        scroll_all(self.tasks(), &Filter::default())?
             .iter()
-            .map(|r| {
-                let p: TaskPayload = self.payload(&self.tasks, r)?;
-                Ok(TaskSummary::from((point_uuid(&self.tasks, r)?, &p)))
+            .map(|p| {
+                let payload: TaskPayload = self.payload(self.tasks(), p)?;
+                Ok(TaskSummary::from((p.id, &payload)))
             })
             .collect()
     }
@@ -287,11 +405,17 @@ impl Store {
     /// Stores an expert with the embedding of the task it was trained on (replacing the expert
     /// of the same key) and returns its point id.
     ///
-    /// Errors: [`Error::Mismatch`] for an empty key or an embedding the store refuses (as
-    /// [`Store::upsert_task`]).
+    /// Errors: [`Error::Mismatch`] for an empty key, a metric that is not a finite number, a
+    /// tag key containing `=`, or an embedding the store refuses (as [`Store::upsert_task`]).
     pub fn upsert_expert(&self, expert: &Expert, trained_on: &Embedding) -> Result<Uuid> {
         if expert.key.trim().is_empty() {
             return Err(Error::Mismatch("an expert needs a non-empty key".into()));
+        }
+        if let Some((k, v)) = expert.metrics.iter().find(|(_, v)| !v.is_finite()) {
+            return Err(Error::Mismatch(format!(
+                "expert `{}`: metric `{k}` = {v} is not a finite number",
+                expert.key
+            )));
         }
         self.check_task_embedding(trained_on)?;
         let meta = &trained_on.meta;
@@ -304,9 +428,10 @@ impl Store {
             name: expert.name.clone(),
             weights_uri: expert.weights_uri.clone(),
             tags: expert.tags.clone(),
+            tag_pairs: tag_pairs(&expert.tags)?,
             metrics: expert.metrics.clone(),
             trained_on_task: task_point_id(
-                &meta.dataset.fingerprint,
+                &meta.dataset.path,
                 &meta.probe.weights_sha256,
                 estimator,
             ),
@@ -322,26 +447,34 @@ impl Store {
             meta: without_layout(meta),
         };
         let index = self.manifest.transform.apply(&trained_on.hessian)?;
-        let mut vectors = vec![
-            (TASK2VEC, index.clone()),
-            (MODEL2VEC, index),
-            (HESSIAN, trained_on.hessian.clone()),
-        ];
+        let mut vectors = BTreeMap::from([
+            (TASK2VEC.to_string(), index.clone()),
+            (MODEL2VEC.to_string(), index),
+            (HESSIAN.to_string(), trained_on.hessian.clone()),
+        ]);
         if has_scale {
-            vectors.push((SCALE, trained_on.scale.clone()));
+            vectors.insert(SCALE.to_string(), trained_on.scale.clone());
         }
-        self.experts
-            .upsert(vec![point(id, vectors, to_json(&payload)?)])?;
+        self.experts.upsert(vec![Point {
+            id,
+            vectors,
+            payload: to_payload(&payload)?,
+        }])?;
         Ok(id)
     }
 
     /// The stored expert with this id, or `None`.
     pub fn get_expert(&self, id: Uuid) -> Result<Option<StoredExpert>> {
-        let Some(record) = self.experts.retrieve(&[id], true)?.into_iter().next() else {
+        let Some(point) = self
+            .experts
+            .retrieve(&[id], WithVectors::All)?
+            .into_iter()
+            .next()
+        else {
             return Ok(None);
         };
-        let p: ExpertPayload = self.payload(&self.experts, &record)?;
-        let trained_on = self.embedding(&self.experts, &record, &p.meta, p.has_scale)?;
+        let p: ExpertPayload = self.payload(self.experts(), &point)?;
+        let trained_on = self.embedding(self.experts(), &point, &p.meta, p.has_scale)?;
         Ok(Some(StoredExpert {
             id,
             expert: Expert {
@@ -364,18 +497,17 @@ impl Store {
 
     /// Deletes an expert; returns whether it existed.
     pub fn delete_expert(&self, id: Uuid) -> Result<bool> {
-        delete(&self.experts, id)
+        delete(self.experts(), id)
     }
 
     /// Every stored expert as `(id, expert)`, in point-id order.
     pub fn list_experts(&self) -> Result<Vec<(Uuid, Expert)>> {
-        self.experts
-            .scroll_all()?
+        scroll_all(self.experts(), &Filter::default())?
             .iter()
-            .map(|r| {
-                let p: ExpertPayload = self.payload(&self.experts, r)?;
+            .map(|point| {
+                let p: ExpertPayload = self.payload(self.experts(), point)?;
                 Ok((
-                    point_uuid(&self.experts, r)?,
+                    point.id,
                     Expert {
                         key: p.key,
                         name: p.name,
@@ -409,14 +541,13 @@ impl Store {
                     .into(),
             ));
         }
-        let path = self.dir.join(TRIVIAL_FILE);
         let mut stored = trivial.clone();
         stored.meta.layout = self.space().layout.clone();
-        stored.save(&path)?;
+        self.location.write_trivial(&stored)?;
         *self.trivial.write().unwrap_or_else(PoisonError::into_inner) =
             Some(trivial.hessian.clone());
-        self.recompute_complexity(&self.tasks)?;
-        self.recompute_complexity(&self.experts)
+        self.recompute_complexity(self.tasks())?;
+        self.recompute_complexity(self.experts())
     }
 
     /// The hessian of the trivial embedding, when the store has one.
@@ -425,6 +556,11 @@ impl Store {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// The whole trivial embedding as stored, when the store has one.
+    pub fn trivial_embedding(&self) -> Result<Option<Embedding>> {
+        self.location.read_trivial(self.space())
     }
 
     /// `d_sym(hessian, t0)`: with the store's trivial embedding, or for variational
@@ -440,37 +576,39 @@ impl Store {
         })
     }
 
-    fn recompute_complexity(&self, c: &Collection) -> Result<()> {
-        let ids = c
-            .scroll_all()?
+    /// Recomputes the `complexity` payload of every point of `c`.
+    pub(crate) fn recompute_complexity(&self, c: &dyn Collection) -> Result<()> {
+        let ids: Vec<Uuid> = scroll_all(c, &Filter::default())?
             .iter()
-            .map(|r| point_uuid(c, r))
-            .collect::<Result<Vec<_>>>()?;
+            .map(|p| p.id)
+            .collect();
         for chunk in ids.chunks(RECOMPUTE_BATCH) {
-            for r in c.retrieve(chunk, true)? {
-                let hessian = self.dense(c, &r, HESSIAN)?;
-                let scale = match self.dense(c, &r, SCALE) {
+            for point in c.retrieve(chunk, WithVectors::Only(&[HESSIAN, SCALE]))? {
+                let hessian = self.dense(c, &point, HESSIAN)?;
+                let scale = match self.dense(c, &point, SCALE) {
                     Ok(s) => s,
                     Err(_) => vec![1.0; hessian.len()],
                 };
                 let complexity = self.complexity(&hessian, &scale)?;
-                let mut payload = serde_json::Map::new();
+                let mut payload = Payload::new();
                 payload.insert("complexity".into(), serde_json::json!(complexity));
-                c.set_payload(point_uuid(c, &r)?, payload)?;
+                c.set_payload(point.id, payload)?;
             }
         }
         Ok(())
     }
 
-    /// Builds the HNSW indexes of both collections (blocking; Qdrant Edge never does it by
-    /// itself, and until then every search scans all vectors).
+    /// Builds the HNSW indexes of both collections of an embedded store (blocking; Qdrant Edge
+    /// never does it by itself, and until then every search scans all vectors). A server
+    /// optimises by itself: nothing to do.
     pub fn optimize(&self) -> Result<()> {
         self.tasks.optimize()?;
         self.experts.optimize()?;
         Ok(())
     }
 
-    /// Writes both collections' logs and segments to disk.
+    /// Writes both collections' logs and segments to disk (embedded; a server has every
+    /// acknowledged write already).
     pub fn flush(&self) {
         self.tasks.flush();
         self.experts.flush();
@@ -481,9 +619,14 @@ impl Store {
         self.flush();
     }
 
+    /// The tasks collection.
+    pub(crate) fn tasks(&self) -> &dyn Collection {
+        self.tasks.as_ref()
+    }
+
     /// The experts collection.
-    pub(crate) fn experts(&self) -> &Collection {
-        &self.experts
+    pub(crate) fn experts(&self) -> &dyn Collection {
+        self.experts.as_ref()
     }
 
     pub(crate) fn check_task_embedding(&self, embedding: &Embedding) -> Result<()> {
@@ -498,31 +641,27 @@ impl Store {
         Ok(())
     }
 
+    /// The payload of a point read back, parsed.
     pub(crate) fn payload<T: for<'de> Deserialize<'de>>(
         &self,
-        c: &Collection,
-        r: &Record,
+        c: &dyn Collection,
+        p: &Point,
     ) -> Result<T> {
-        let map = r
-            .payload
-            .as_ref()
-            .map(|p| p.0.clone())
-            .ok_or_else(|| corrupt(c, r, "no payload".into()))?;
-        serde_json::from_value(Value::Object(map))
-            .map_err(|e| corrupt(c, r, format!("payload does not parse: {e}")))
+        serde_json::from_value(Value::Object(p.payload.clone()))
+            .map_err(|e| corrupt(c, p.id, format!("payload does not parse: {e}")))
     }
 
-    /// Rebuilds the embedding of a record read with its vectors.
-    fn embedding(
+    /// Rebuilds the embedding of a point read with its vectors.
+    pub(crate) fn embedding(
         &self,
-        c: &Collection,
-        r: &Record,
+        c: &dyn Collection,
+        p: &Point,
         meta: &EmbeddingMeta,
         has_scale: bool,
     ) -> Result<Embedding> {
-        let hessian = self.dense(c, r, HESSIAN)?;
+        let hessian = self.dense(c, p, HESSIAN)?;
         let scale = if has_scale {
-            self.dense(c, r, SCALE)?
+            self.dense(c, p, SCALE)?
         } else {
             vec![1.0; hessian.len()]
         };
@@ -534,23 +673,21 @@ impl Store {
             meta,
         })
     }
-}
 
-impl Store {
-    /// The dense vector `name` of a record read with its vectors.
-    pub(crate) fn dense(&self, c: &Collection, r: &Record, name: &str) -> Result<Vec<f32>> {
-        let vectors = match &r.vector {
-            Some(VectorStructInternal::Named(map)) => map,
-            _ => return Err(corrupt(c, r, "no named vectors".into())),
-        };
-        match vectors.get(name) {
-            Some(VectorInternal::Dense(v)) if v.len() == self.space().dimension => Ok(v.clone()),
-            Some(_) => Err(corrupt(
+    /// The dense vector `name` of a point read with its vectors.
+    pub(crate) fn dense(&self, c: &dyn Collection, p: &Point, name: &str) -> Result<Vec<f32>> {
+        match p.vectors.get(name) {
+            Some(v) if v.len() == self.space().dimension => Ok(v.clone()),
+            Some(v) => Err(corrupt(
                 c,
-                r,
-                format!("vector `{name}` is not dense of the store's dimension"),
+                p.id,
+                format!(
+                    "vector `{name}` has {} values, the store's vectors have {}",
+                    v.len(),
+                    self.space().dimension
+                ),
             )),
-            None => Err(corrupt(c, r, format!("no vector `{name}`"))),
+            None => Err(corrupt(c, p.id, format!("no vector `{name}`"))),
         }
     }
 }
@@ -562,8 +699,8 @@ impl Drop for Store {
     }
 }
 
-fn delete(c: &Collection, id: Uuid) -> Result<bool> {
-    let existed = !c.retrieve(&[id], false)?.is_empty();
+fn delete(c: &dyn Collection, id: Uuid) -> Result<bool> {
+    let existed = !c.retrieve(&[id], WithVectors::No)?.is_empty();
     if existed {
         c.delete(&[id])?;
     }
@@ -571,7 +708,7 @@ fn delete(c: &Collection, id: Uuid) -> Result<bool> {
 }
 
 /// Whether the scale differs from all ones (variational embeddings), so must be stored.
-fn has_scale(e: &Embedding) -> bool {
+pub(crate) fn has_scale(e: &Embedding) -> bool {
     e.scale.iter().any(|&s| s != 1.0)
 }
 
@@ -582,18 +719,10 @@ fn without_layout(meta: &EmbeddingMeta) -> EmbeddingMeta {
     }
 }
 
-fn point(id: Uuid, vectors: Vec<(&str, Vec<f32>)>, payload: Value) -> PointStruct {
-    let named: HashMap<String, Vec<f32>> = vectors
-        .into_iter()
-        .map(|(n, v)| (n.to_string(), v))
-        .collect();
-    PointStruct::new(PointId::Uuid(id), Vectors::from(named), payload)
-}
-
-fn to_json<T: Serialize>(payload: &T) -> Result<Value> {
+/// A payload struct as a JSON object.
+fn to_payload<T: Serialize>(payload: &T) -> Result<Payload> {
     match serde_json::to_value(payload) {
-        // PointStruct::new panics on anything but an object; payload structs are objects.
-        Ok(v @ Value::Object(_)) => Ok(v),
+        Ok(Value::Object(map)) => Ok(map),
         Ok(other) => Err(Error::Mismatch(format!(
             "payload serialised to a non-object: {other}"
         ))),
@@ -601,80 +730,15 @@ fn to_json<T: Serialize>(payload: &T) -> Result<Value> {
     }
 }
 
-pub(crate) fn point_uuid(c: &Collection, r: &Record) -> Result<Uuid> {
-    match r.id {
-        PointId::Uuid(u) => Ok(u),
-        PointId::NumId(_) => Err(corrupt(
-            c,
-            r,
-            "numeric id: not written by this crate".into(),
-        )),
-    }
-}
-
-fn corrupt(c: &Collection, r: &Record, what: String) -> Error {
+pub(crate) fn corrupt(c: &dyn Collection, id: Uuid, what: String) -> Error {
     Error::Corrupt {
         collection: c.name().to_string(),
-        id: format!("{:?}", r.id),
+        id: id.to_string(),
         what,
     }
 }
 
-/// Takes the store's advisory lock, refusing a store already open elsewhere.
-fn lock(dir: &Path) -> Result<File> {
-    let path = dir.join(LOCK_FILE);
-    let file = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| Error::io(&path, e))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(TryLockError::WouldBlock) => Err(Error::store(
-            dir,
-            "in use: another open store (this or another process) holds store.lock",
-        )),
-        Err(TryLockError::Error(e)) => Err(Error::io(&path, e)),
-    }
-}
-
-fn read_manifest(dir: &Path) -> Result<Option<Manifest>> {
-    let path = dir.join(MANIFEST_FILE);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io(&path, e)),
-    };
-    let m: Manifest = serde_json::from_str(&text)
-        .map_err(|e| Error::store(&path, format!("manifest does not parse: {e}")))?;
-    if m.format != MANIFEST_FORMAT || m.version != STORE_VERSION {
-        return Err(Error::store(
-            &path,
-            format!(
-                "manifest is `{}` version {}, this library reads `{MANIFEST_FORMAT}` version \
-                 {STORE_VERSION}",
-                m.format, m.version
-            ),
-        ));
-    }
-    Ok(Some(m))
-}
-
-/// Writes the manifest atomically (temporary file, sync, rename).
-fn write_manifest(dir: &Path, m: &Manifest) -> Result<()> {
-    let path = dir.join(MANIFEST_FILE);
-    let tmp = dir.join(format!("{MANIFEST_FILE}.tmp"));
-    let text = serde_json::to_string_pretty(m)
-        .map_err(|e| Error::store(&path, format!("manifest does not serialise: {e}")))?;
-    let mut f = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    f.write_all(text.as_bytes())
-        .and_then(|()| f.sync_all())
-        .map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))
-}
-
 /// Now, RFC 3339 UTC to the second.
-fn now() -> String {
+pub(crate) fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }

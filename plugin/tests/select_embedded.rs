@@ -175,3 +175,71 @@ fn unit(v: Vec<f32>) -> Vec<f64> {
     let n = v.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
     v.into_iter().map(|x| f64::from(x) / n).collect()
 }
+
+#[test]
+fn select_matches_a_brute_force_d_asym_ranking_of_the_whole_zoo() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Store::open(dir.path(), &VectorSpace::of(&fixture_embedding(0))).expect("store");
+    zoo(&store);
+    let mut rng = common::Normal::new(11);
+    let mut trained_on = Vec::new();
+    for i in 0..4 {
+        trained_on.push((store.expert_id(common::TASKS[i]), fixture_embedding(i)));
+        trained_on.push((
+            store.expert_id(&format!("decoy{i}")),
+            embedding(&format!("decoy{i}"), perturbed(i, 0.25, 50 + i as u64)),
+        ));
+    }
+    for k in 0..12 {
+        let e = embedding(
+            &format!("mix{k}"),
+            common::random_mixture(&mut rng, 300 + k),
+        );
+        let id = store
+            .upsert_expert(&expert(&format!("mix{k}")), &e)
+            .expect("upsert");
+        trained_on.push((id, e));
+    }
+    let t0 = trivial_embedding();
+    store.set_trivial(&t0).expect("trivial");
+    let alpha = 0.15;
+    let options = SelectOptions {
+        alpha,
+        prefetch: trained_on.len(),
+        limit: trained_on.len(),
+    };
+    for q in 0..5 {
+        let target = embedding("target", common::random_mixture(&mut rng, 700 + q));
+        let mut expected: Vec<(f64, uuid::Uuid)> = trained_on
+            .iter()
+            .map(|(id, e)| {
+                let d = d_sym(&e.hessian, &target.hessian).expect("d_sym");
+                let c = d_sym(&e.hessian, &t0.hessian).expect("d_sym");
+                (d - alpha * c, *id)
+            })
+            .collect();
+        expected.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        let ranked = store.select_experts(&target, &options).expect("select");
+        assert_eq!(
+            ranked.iter().map(|r| r.id).collect::<Vec<_>>(),
+            expected.iter().map(|(_, id)| *id).collect::<Vec<_>>()
+        );
+        for (r, (d, _)) in ranked.iter().zip(&expected) {
+            assert!((r.d_asym - d).abs() < 1e-12);
+        }
+        // The same target stored as a task and selected by its id: the same answer.
+        let task = store
+            .upsert_task(&target, &Default::default())
+            .expect("task");
+        assert_eq!(
+            store
+                .select_experts_for_task(task, &options)
+                .expect("select for task"),
+            ranked
+        );
+    }
+    match store.select_experts_for_task(uuid::Uuid::nil(), &options) {
+        Err(Error::NotFound { what: "task", .. }) => {}
+        other => panic!("expected not found, got {other:?}"),
+    }
+}

@@ -41,7 +41,7 @@ fn task_round_trip_is_exact() {
     assert_eq!(
         id,
         task_point_id(
-            &e.meta.dataset.fingerprint,
+            "/data/fashion_tops",
             common::WEIGHTS_SHA256,
             Estimator::MonteCarlo
         )
@@ -65,6 +65,42 @@ fn task_round_trip_is_exact() {
     assert!((list[0].norm - e.norm()).abs() < 1e-9 * e.norm());
     assert_eq!(store.count_tasks().expect("count"), 1);
     assert!(store.get_task(uuid::Uuid::nil()).expect("get").is_none());
+}
+
+#[test]
+fn index_vectors_are_quantized_and_raw_vectors_stay_on_disk() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    Store::open(dir.path(), &space())
+        .expect("create store")
+        .close();
+    for (collection, index_vectors) in [
+        ("tasks", &["task2vec"][..]),
+        ("experts", &["task2vec", "model2vec"][..]),
+    ] {
+        let path = dir.path().join(collection).join("edge_config.json");
+        let text = std::fs::read_to_string(&path).expect("edge config");
+        let config: serde_json::Value = serde_json::from_str(&text).expect("edge config JSON");
+        let vectors = &config["vectors"];
+        for name in index_vectors {
+            let v = &vectors[name];
+            assert_eq!(v["size"], 42016, "{collection}.{name}");
+            assert_eq!(v["distance"], "Cosine", "{collection}.{name}");
+            assert_eq!(v["on_disk"], true, "{collection}.{name}");
+            let q = &v["quantization_config"]["scalar"];
+            assert_eq!(q["type"], "int8", "{collection}.{name}: {v}");
+            assert_eq!(q["always_ram"], true, "{collection}.{name}: {v}");
+        }
+        for name in ["hessian", "scale"] {
+            let v = &vectors[name];
+            assert_eq!(v["distance"], "Dot", "{collection}.{name}");
+            assert_eq!(v["on_disk"], true, "{collection}.{name}");
+            assert_eq!(v["hnsw_config"]["m"], 0, "{collection}.{name}: {v}");
+            assert!(
+                v.get("quantization_config").is_none(),
+                "{collection}.{name}: {v}"
+            );
+        }
+    }
 }
 
 #[test]
@@ -108,6 +144,63 @@ fn re_upserting_the_same_dataset_replaces_it() {
     let back = store.get_task(id1).expect("get").expect("stored");
     assert_eq!(back.embedding, second, "the last write wins");
     assert_eq!(back.tags, tags(&[("run", "2")]));
+}
+
+#[test]
+fn a_changed_dataset_at_the_same_path_replaces_its_point() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Store::open(dir.path(), &space()).expect("create store");
+    let before = embedding("photos", perturbed(2, 0.2, 1));
+    let mut after = embedding("photos", perturbed(2, 0.2, 2));
+    after.meta.dataset.fingerprint = common::fingerprint("photos, two files added");
+    let id = store.upsert_task(&before, &Tags::new()).expect("upsert");
+    assert_eq!(
+        store.upsert_task(&after, &Tags::new()).expect("re-upsert"),
+        id,
+        "same location: same point"
+    );
+    assert_eq!(store.count_tasks().expect("count"), 1);
+    let listed = store.list_tasks().expect("list");
+    assert_eq!(listed[0].fingerprint, after.meta.dataset.fingerprint);
+    assert_eq!(
+        store.get_task(id).expect("get").expect("stored").embedding,
+        after
+    );
+    assert_eq!(
+        store
+            .find_task_by_uri("/data/photos")
+            .expect("find")
+            .map(|t| t.id),
+        Some(id)
+    );
+    assert!(store
+        .find_task_by_uri("/data/photo")
+        .expect("find")
+        .is_none());
+
+    // The same content at another location is another task.
+    let mut copy = after.clone();
+    copy.meta.dataset.path = "/mnt/backup/photos".into();
+    let other = store.upsert_task(&copy, &Tags::new()).expect("upsert copy");
+    assert_ne!(other, id);
+    assert_eq!(store.count_tasks().expect("count"), 2);
+}
+
+#[test]
+fn tag_keys_with_equals_signs_and_bad_metrics_are_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Store::open(dir.path(), &space()).expect("create store");
+    let m = mismatch_message(store.upsert_task(&fixture_embedding(0), &tags(&[("a=b", "c")])));
+    assert!(m.contains("a=b"), "{m}");
+    let expert = Expert {
+        key: "nan-metric".into(),
+        metrics: BTreeMap::from([("top1".to_string(), f64::NAN)]),
+        ..Expert::default()
+    };
+    let m = mismatch_message(store.upsert_expert(&expert, &fixture_embedding(0)));
+    assert!(m.contains("top1"), "{m}");
+    assert_eq!(store.count_tasks().expect("count"), 0);
+    assert_eq!(store.count_experts().expect("count"), 0);
 }
 
 #[test]
@@ -225,7 +318,7 @@ fn experts_round_trip_and_delete() {
     assert_eq!(
         back.trained_on_task,
         task_point_id(
-            &trained_on.meta.dataset.fingerprint,
+            &trained_on.meta.dataset.path,
             common::WEIGHTS_SHA256,
             Estimator::MonteCarlo
         )
@@ -320,7 +413,7 @@ fn a_store_open_elsewhere_is_refused() {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = Store::open(dir.path(), &space()).expect("create");
     match Store::open_existing(dir.path()) {
-        Err(Error::Store { what, .. }) => assert!(what.contains("in use"), "{what}"),
+        Err(Error::Locked { path }) => assert_eq!(path, dir.path()),
         other => panic!("expected the lock to refuse, got {:?}", other.map(|_| ())),
     }
     drop(store);

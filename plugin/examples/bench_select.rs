@@ -1,0 +1,208 @@
+//! Latency of `select` on stored vectors only (no embedding), on the embedded engine: N experts
+//! with the default probe's dimension (EfficientNet-Lite0, 42016), cosine prefetch of P, exact
+//! d_asym re-rank; p50/p99 over Q queries, the share of the exact re-rank, recall@10 against a
+//! brute-force exact d_asym over all N, build time, memory and disk.
+//!
+//! ```text
+//! cargo run --release -p task2vec-qdrant --example bench_select -- N [QUERIES] [PREFETCH] [DIR]
+//! ```
+//!
+//! Vectors are synthetic but realistic: log-space mixtures of the four real reference task
+//! embeddings plus per-coordinate log-normal noise (tests/common), each regenerated from its
+//! seed for the brute-force pass, so memory holds no copy of the N vectors.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use task2vec::distance::d_asym;
+use task2vec_qdrant::{Expert, SelectOptions, Store, VectorSpace};
+
+/// Seed of stored expert `i`.
+fn expert_seed(i: usize) -> u64 {
+    1_000_000 + i as u64
+}
+
+/// Seed of query `q`.
+fn query_seed(q: usize) -> u64 {
+    9_000_000 + q as u64
+}
+
+fn vector(seed: u64) -> Vec<f32> {
+    let mut n = common::Normal::new(seed);
+    common::random_mixture(&mut n, seed)
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let n: usize = args.first().map(|s| s.parse()).transpose()?.unwrap_or(1000);
+    let queries: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(50);
+    let prefetch: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(100);
+    let scratch;
+    let dir: PathBuf = match args.get(3) {
+        Some(d) => PathBuf::from(d),
+        None => {
+            scratch = tempfile::tempdir()?;
+            scratch.path().to_path_buf()
+        }
+    };
+    let alpha = 0.15;
+    let trivial = common::trivial_embedding();
+    let space = VectorSpace::of(&common::fixture_embedding(0));
+    println!(
+        "bench_select: N={n} experts, dimension {}, {queries} queries, prefetch {prefetch}, \
+         alpha {alpha}, store {}",
+        space.dimension,
+        dir.display()
+    );
+
+    let store = Store::open(&dir, &space)?;
+    store.set_trivial(&trivial)?;
+    let t = Instant::now();
+    let existing = store.count_experts()?;
+    for i in existing..n {
+        let e = common::embedding(&format!("task-{i}"), vector(expert_seed(i)));
+        let expert = Expert {
+            key: format!("expert-{i}"),
+            name: format!("expert {i}"),
+            ..Expert::default()
+        };
+        store.upsert_expert(&expert, &e)?;
+        if (i + 1) % 5000 == 0 {
+            eprintln!("  {} upserted, {:.0} s", i + 1, t.elapsed().as_secs_f64());
+        }
+    }
+    let upsert_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    store.optimize()?;
+    store.flush();
+    let optimize_s = t.elapsed().as_secs_f64();
+    println!(
+        "build: {} upserts in {upsert_s:.1} s ({:.1} ms each), optimize (HNSW) {optimize_s:.1} s",
+        n - existing,
+        1e3 * upsert_s / (n - existing).max(1) as f64
+    );
+    println!(
+        "memory after build: RSS {} MiB, peak {} MiB; disk {} MiB",
+        proc_status_kib("VmRSS") / 1024,
+        proc_status_kib("VmHWM") / 1024,
+        du(&dir) / (1 << 20)
+    );
+
+    let options = SelectOptions {
+        alpha,
+        prefetch,
+        limit: 10,
+    };
+    let qs: Vec<_> = (0..queries)
+        .map(|q| common::embedding(&format!("query-{q}"), vector(query_seed(q))))
+        .collect();
+    // One warm-up query (page cache, lazy structures), not counted.
+    store.select_experts(&qs[0], &options)?;
+    let mut total = Vec::new();
+    let mut formula = Vec::new();
+    let mut results = Vec::new();
+    for q in &qs {
+        let t = Instant::now();
+        let ranked = store.select_experts(q, &options)?;
+        total.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        store.rank_experts_by_formula(q, prefetch, alpha as f32, 10)?;
+        formula.push(t.elapsed().as_secs_f64() * 1e3);
+        results.push(ranked);
+    }
+    let (p50, p99) = (percentile(&total, 0.5), percentile(&total, 0.99));
+    let (f50, f99) = (percentile(&formula, 0.5), percentile(&formula, 0.99));
+    println!(
+        "select (prefetch {prefetch} + exact re-rank): p50 {p50:.2} ms, p99 {p99:.2} ms, \
+         mean {:.2} ms",
+        mean(&total)
+    );
+    println!(
+        "Qdrant-only (prefetch + formula, no vectors read): p50 {f50:.2} ms, p99 {f99:.2} ms; \
+         exact re-rank share of select ≈ {:.0}% (1 − formula/select at the median)",
+        100.0 * (1.0 - f50 / p50).max(0.0)
+    );
+
+    // Brute force: exact d_asym of every stored expert for every query.
+    let t = Instant::now();
+    let mut recall = 0.0;
+    let mut top1 = 0usize;
+    let brute_queries = queries.min(20);
+    for (q, ranked) in qs.iter().zip(&results).take(brute_queries) {
+        let mut all: Vec<(f64, usize)> = (0..n)
+            .map(|i| {
+                let v = vector(expert_seed(i));
+                d_asym(&v, &q.hessian, &trivial.hessian, alpha).map(|d| (d, i))
+            })
+            .collect::<Result<_, _>>()?;
+        all.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let truth: Vec<String> = all[..10.min(n)]
+            .iter()
+            .map(|(_, i)| format!("expert-{i}"))
+            .collect();
+        let found: Vec<&str> = ranked.iter().map(|r| r.key.as_str()).collect();
+        recall += truth.iter().filter(|k| found.contains(&k.as_str())).count() as f64
+            / truth.len() as f64;
+        top1 += usize::from(found.first().copied() == truth.first().map(String::as_str));
+    }
+    println!(
+        "recall@10 vs brute-force exact d_asym: {:.3} over {brute_queries} queries (top-1 {}/{}), \
+         brute force took {:.0} s",
+        recall / brute_queries as f64,
+        top1,
+        brute_queries,
+        t.elapsed().as_secs_f64()
+    );
+    println!(
+        "memory at the end: RSS {} MiB, peak {} MiB",
+        proc_status_kib("VmRSS") / 1024,
+        proc_status_kib("VmHWM") / 1024
+    );
+    store.close();
+    Ok(())
+}
+
+fn percentile(v: &[f64], p: f64) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let i = ((s.len() as f64 - 1.0) * p).round() as usize;
+    s[i.min(s.len() - 1)]
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len().max(1) as f64
+}
+
+/// A `/proc/self/status` field in KiB (0 where unavailable).
+fn proc_status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|x| x.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Bytes under `dir`.
+fn du(dir: &std::path::Path) -> u64 {
+    walk(dir)
+}
+
+fn walk(p: &std::path::Path) -> u64 {
+    let Ok(meta) = std::fs::symlink_metadata(p) else {
+        return 0;
+    };
+    if meta.is_dir() {
+        std::fs::read_dir(p)
+            .map(|rd| rd.flatten().map(|e| walk(&e.path())).sum())
+            .unwrap_or(0)
+    } else {
+        meta.len()
+    }
+}

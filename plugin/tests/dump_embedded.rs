@@ -1,0 +1,218 @@
+//! Migration through the store's own dump, embedded engine to embedded engine: every point,
+//! vector and payload comes back identical, the trivial embedding travels, and a dump of
+//! another space or a damaged dump is refused.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use common::{embedding, fixture_embedding, perturbed, trivial_embedding};
+use task2vec::fisher::Estimator;
+use task2vec_qdrant::{Error, Expert, SelectOptions, Store, StoreConfig, Tags, VectorSpace};
+
+fn space() -> VectorSpace {
+    VectorSpace::of(&fixture_embedding(0))
+}
+
+fn embedded(dir: &Path) -> StoreConfig {
+    StoreConfig::Embedded {
+        path: dir.to_path_buf(),
+    }
+}
+
+/// A store with tasks, experts and a trivial embedding.
+fn fill(store: &Store) {
+    for k in 0..6 {
+        let e = embedding(&format!("task{k}"), perturbed(k % 4, 0.2, k as u64));
+        let tags = Tags::from([("batch".to_string(), format!("{}", k % 2))]);
+        store.upsert_task(&e, &tags).expect("upsert task");
+    }
+    for i in 0..4 {
+        let expert = Expert {
+            key: format!("expert{i}"),
+            name: format!("model {i}"),
+            weights_uri: format!("s3://zoo/{i}.safetensors"),
+            tags: Tags::from([("arch".to_string(), "resnet18".to_string())]),
+            metrics: BTreeMap::from([("top1".to_string(), 0.9 + 0.01 * i as f64)]),
+        };
+        store
+            .upsert_expert(&expert, &fixture_embedding(i))
+            .expect("upsert expert");
+    }
+    store.set_trivial(&trivial_embedding()).expect("trivial");
+}
+
+/// A dump vector (base64 of little-endian f32) decoded.
+fn floats(v: &serde_json::Value) -> Vec<f32> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(v.as_str().expect("base64 text"))
+        .expect("base64");
+    bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
+/// The dump's point files, each line parsed, in id order.
+fn points(dump: &Path, file: &str) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(dump.join(file)).expect("read points");
+    let mut v: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    v.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+    v
+}
+
+#[test]
+fn embedded_dump_round_trips_every_point_exactly() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let (a, b) = (root.path().join("a"), root.path().join("b"));
+    let (dump_a, dump_b) = (root.path().join("dump-a"), root.path().join("dump-b"));
+
+    let source = Store::open(&a, &space()).expect("store a");
+    fill(&source);
+    let summary = source.export_dump(&dump_a).expect("export");
+    assert_eq!(
+        (summary.tasks, summary.experts, summary.trivial),
+        (6, 4, true)
+    );
+
+    // Into a store that does not exist yet: created with the dump's space and transform.
+    let imported = Store::import_dump_into(&embedded(&b), &dump_a).expect("import");
+    assert_eq!(imported, summary);
+    let target = Store::open_existing(&b).expect("store b");
+    assert_eq!(target.space(), source.space());
+    assert_eq!(target.transform(), source.transform());
+    assert_eq!(target.trivial(), source.trivial());
+    assert_eq!(
+        target.trivial_embedding().expect("t0"),
+        source.trivial_embedding().expect("t0")
+    );
+
+    // Identical points: the second store's dump has the same ids, every payload field
+    // (timestamps included) and every raw vector bit for bit.
+    target.export_dump(&dump_b).expect("export b");
+    for file in ["tasks.jsonl", "experts.jsonl"] {
+        let (pa, pb) = (points(&dump_a, file), points(&dump_b, file));
+        assert_eq!(pa.len(), pb.len());
+        for (x, y) in pa.iter().zip(&pb) {
+            assert_eq!(x["id"], y["id"]);
+            assert_eq!(x["payload"], y["payload"], "{file}: payload of {}", x["id"]);
+            let (vx, vy) = (&x["vectors"], &y["vectors"]);
+            assert_eq!(
+                vx.as_object().map(|o| o.keys().collect::<Vec<_>>()),
+                vy.as_object().map(|o| o.keys().collect::<Vec<_>>()),
+                "{file}: vector names of {}",
+                x["id"]
+            );
+            for (name, a) in vx.as_object().expect("vectors") {
+                if name == "hessian" || name == "scale" {
+                    assert!(
+                        a == &vy[name],
+                        "{file}: raw `{name}` of {} differs",
+                        x["id"]
+                    );
+                } else {
+                    // Cosine vectors are normalised again by the importing engine: the same to
+                    // the last bit or two.
+                    let (a, b) = (floats(a), floats(&vy[name]));
+                    let worst = a
+                        .iter()
+                        .zip(&b)
+                        .map(|(p, q)| (p - q).abs())
+                        .fold(0.0_f32, f32::max);
+                    assert!(worst <= 1e-7, "{file}: `{name}` of {}: {worst}", x["id"]);
+                }
+            }
+        }
+    }
+    // And through the API.
+    assert_eq!(
+        target.list_tasks().expect("list"),
+        source.list_tasks().expect("list")
+    );
+    assert_eq!(
+        target.list_experts().expect("list"),
+        source.list_experts().expect("list")
+    );
+    for t in source.list_tasks().expect("list") {
+        let x = source.get_task(t.id).expect("get").expect("task");
+        let y = target.get_task(t.id).expect("get").expect("task");
+        assert_eq!(x, y);
+    }
+    let query = embedding("query", perturbed(2, 0.1, 77));
+    let options = SelectOptions {
+        alpha: 0.15,
+        prefetch: 4,
+        limit: 4,
+    };
+    let (x, y) = (
+        target.select_experts(&query, &options).expect("select"),
+        source.select_experts(&query, &options).expect("select"),
+    );
+    assert_eq!(x.len(), y.len());
+    for (a, b) in x.iter().zip(&y) {
+        assert_eq!(
+            (a.id, a.d_asym, a.d_sym, a.complexity),
+            (b.id, b.d_asym, b.d_sym, b.complexity)
+        );
+        assert!((a.cosine - b.cosine).abs() < 1e-6);
+    }
+
+    // Importing again changes nothing (same ids replace).
+    target.import_dump(&dump_a).expect("import again");
+    assert_eq!(target.count_tasks().expect("count"), 6);
+    assert_eq!(target.count_experts().expect("count"), 4);
+
+    // A folder holding a dump is not overwritten.
+    match source.export_dump(&dump_a) {
+        Err(Error::Dump { what, .. }) => assert!(what.contains("already"), "{what}"),
+        other => panic!("expected a dump error, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_dump_of_another_space_or_a_damaged_dump_is_refused() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let source = Store::open(&root.path().join("a"), &space()).expect("store");
+    fill(&source);
+    let dump = root.path().join("dump");
+    source.export_dump(&dump).expect("export");
+
+    let mut other_space = space();
+    other_space.estimator = Estimator::PerExample;
+    other_space.montecarlo_batch_size = None;
+    let other = Store::open(&root.path().join("other"), &other_space).expect("other store");
+    match other.import_dump(&dump) {
+        Err(Error::Mismatch(m)) => assert!(m.contains("estimator"), "{m}"),
+        other => panic!("expected a mismatch, got {other:?}"),
+    }
+    assert_eq!(other.count_tasks().expect("count"), 0, "nothing imported");
+
+    // A truncated point file.
+    let text = std::fs::read_to_string(dump.join("experts.jsonl")).expect("read");
+    let kept: Vec<&str> = text.lines().take(3).collect();
+    std::fs::write(dump.join("experts.jsonl"), kept.join("\n")).expect("truncate");
+    let fresh = Store::open(&root.path().join("fresh"), &space()).expect("fresh store");
+    match fresh.import_dump(&dump) {
+        Err(Error::Dump { what, .. }) => assert!(what.contains("holds 3 points"), "{what}"),
+        other => panic!("expected a dump error, got {other:?}"),
+    }
+    // A vector of the wrong length.
+    let line: serde_json::Value = serde_json::from_str(kept[0]).expect("a JSON line");
+    let mut bad = line.clone();
+    bad["vectors"]["hessian"] = serde_json::json!("AAAAAA==");
+    std::fs::write(dump.join("experts.jsonl"), bad.to_string()).expect("write");
+    match fresh.import_dump(&dump) {
+        Err(Error::Dump { what, .. }) => assert!(what.contains("has 1 values"), "{what}"),
+        other => panic!("expected a dump error, got {other:?}"),
+    }
+    // Not a dump at all.
+    match fresh.import_dump(root.path()) {
+        Err(Error::Dump { what, .. }) => assert!(what.contains("not a dump"), "{what}"),
+        other => panic!("expected a dump error, got {other:?}"),
+    }
+}
