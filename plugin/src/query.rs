@@ -17,6 +17,7 @@
 
 use std::cmp::Ordering;
 
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use task2vec::distance::d_sym;
 use task2vec::embedding::Embedding;
@@ -107,10 +108,17 @@ impl Store {
             },
             WithVectors::Only(&[HESSIAN]),
         )?;
+        // The exact re-rank: one d_sym per hit over the raw vectors, on every core.
+        let distances: Vec<f64> = hits
+            .iter()
+            .map(|hit| self.dense(c, &hit.point, HESSIAN))
+            .collect::<Result<Vec<_>>>()?
+            .into_par_iter()
+            .map(|h| d_sym(h, &target.hessian))
+            .collect::<std::result::Result<_, _>>()?;
         let mut ranked = Vec::with_capacity(hits.len());
-        for hit in hits {
+        for (hit, d) in hits.into_iter().zip(distances) {
             let payload: ExpertPayload = self.payload(c, &hit.point)?;
-            let hessian = self.dense(c, &hit.point, HESSIAN)?;
             let complexity = match (payload.complexity, options.alpha == 0.0) {
                 (Some(x), _) => x,
                 (None, true) => 0.0,
@@ -122,7 +130,6 @@ impl Store {
                     )))
                 }
             };
-            let d = d_sym(&hessian, &target.hessian)?;
             ranked.push(RankedExpert {
                 id: hit.point.id,
                 key: payload.key,

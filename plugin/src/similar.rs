@@ -3,6 +3,7 @@
 
 use std::cmp::Ordering;
 
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use task2vec::distance::d_sym;
 use task2vec::embedding::Embedding;
@@ -140,15 +141,22 @@ impl Store {
             },
             WithVectors::Only(&[HESSIAN]),
         )?;
+        // The exact re-rank: one d_sym per hit over the raw vectors, on every core.
+        let distances: Vec<f64> = hits
+            .iter()
+            .map(|hit| self.dense(c, &hit.point, HESSIAN))
+            .collect::<Result<Vec<_>>>()?
+            .into_par_iter()
+            .map(|h| d_sym(h, &target.hessian))
+            .collect::<std::result::Result<_, _>>()?;
         let mut out = Vec::with_capacity(hits.len());
-        for hit in hits {
+        for (hit, d) in hits.into_iter().zip(distances) {
             let p: TaskPayload = self.payload(c, &hit.point)?;
-            let hessian = self.dense(c, &hit.point, HESSIAN)?;
             out.push(SimilarTask {
                 id: hit.point.id,
                 dataset_uri: p.dataset_uri,
                 fingerprint: p.fingerprint,
-                d_sym: d_sym(&hessian, &target.hessian)?,
+                d_sym: d,
                 cosine: hit.score,
                 samples: p.samples,
                 n_classes: p.n_classes,

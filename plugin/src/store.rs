@@ -586,10 +586,10 @@ impl Store {
             for point in c.retrieve(chunk, WithVectors::Only(&[HESSIAN, SCALE]))? {
                 let hessian = self.dense(c, &point, HESSIAN)?;
                 let scale = match self.dense(c, &point, SCALE) {
-                    Ok(s) => s,
+                    Ok(s) => s.to_vec(),
                     Err(_) => vec![1.0; hessian.len()],
                 };
-                let complexity = self.complexity(&hessian, &scale)?;
+                let complexity = self.complexity(hessian, &scale)?;
                 let mut payload = Payload::new();
                 payload.insert("complexity".into(), serde_json::json!(complexity));
                 c.set_payload(point.id, payload)?;
@@ -659,9 +659,9 @@ impl Store {
         meta: &EmbeddingMeta,
         has_scale: bool,
     ) -> Result<Embedding> {
-        let hessian = self.dense(c, p, HESSIAN)?;
+        let hessian = self.dense(c, p, HESSIAN)?.to_vec();
         let scale = if has_scale {
-            self.dense(c, p, SCALE)?
+            self.dense(c, p, SCALE)?.to_vec()
         } else {
             vec![1.0; hessian.len()]
         };
@@ -675,9 +675,14 @@ impl Store {
     }
 
     /// The dense vector `name` of a point read with its vectors.
-    pub(crate) fn dense(&self, c: &dyn Collection, p: &Point, name: &str) -> Result<Vec<f32>> {
+    pub(crate) fn dense<'p>(
+        &self,
+        c: &dyn Collection,
+        p: &'p Point,
+        name: &str,
+    ) -> Result<&'p [f32]> {
         match p.vectors.get(name) {
-            Some(v) if v.len() == self.space().dimension => Ok(v.clone()),
+            Some(v) if v.len() == self.space().dimension => Ok(v),
             Some(v) => Err(corrupt(
                 c,
                 p.id,

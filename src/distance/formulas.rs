@@ -82,6 +82,43 @@ fn gaussian_kl(v0: f64, v1: f64) -> f64 {
     0.5 * (v0 / v1 - 1.0 + v1.ln() - v0.ln())
 }
 
+/// `d_sym` under the default zero policy in one pass without allocating: coordinates where
+/// both hessians are 0 are dropped, the rest scaled by the pair as [`scaled_hessians`] and
+/// compared as [`scipy_correlation`] (uncentred), each sum taken in index order as there, so
+/// the result has the same bits as the general path's, clamp included. `None` for anything
+/// the general path must judge: different lengths, a negative or non-finite entry, an all-zero
+/// side, a non-finite result.
+pub(super) fn d_sym_one_pass(a: &[f32], b: &[f32]) -> Option<f64> {
+    if a.len() != b.len() {
+        return None;
+    }
+    let (mut uv, mut uu, mut vv, mut n) = (0.0_f64, 0.0_f64, 0.0_f64, 0_usize);
+    let (mut a_live, mut b_live) = (false, false);
+    for (&x, &y) in a.iter().zip(b) {
+        let (x, y) = (f64::from(x), f64::from(y));
+        if !(x >= 0.0 && y >= 0.0 && x.is_finite() && y.is_finite()) {
+            return None;
+        }
+        a_live |= x > 0.0;
+        b_live |= y > 0.0;
+        if x > 0.0 || y > 0.0 {
+            let total = x + y + PAIR_EPSILON;
+            let (u, v) = (x / total, y / total);
+            uv += u * v;
+            uu += u * u;
+            vv += v * v;
+            n += 1;
+        }
+    }
+    // An all-zero side is an error of the general path, even when the other side is live.
+    if n == 0 || !a_live || !b_live {
+        return None;
+    }
+    let n = n as f64;
+    let d = (1.0 - (uv / n) / ((uu / n) * (vv / n)).sqrt()).abs();
+    d.is_finite().then(|| d.clamp(0.0, 2.0))
+}
+
 /// Reference `cosine`, the paper's d_sym, before the clamp.
 pub(super) fn cosine(h0: &[f64], h1: &[f64]) -> f64 {
     let (p0, p1) = scaled_hessians(h0, h1);

@@ -269,6 +269,11 @@ fn check_lengths(kind: Distance, a: &EmbeddingView<'_>, b: &EmbeddingView<'_>) -
 /// included, this is the reference value (to f64 rounding, ~1e-13 relative on the fixture);
 /// invalid input is an [`Error::Mismatch`].
 pub fn d_sym(a: &[f32], b: &[f32]) -> Result<f64> {
+    // Fast path (no allocation, one pass): the very operations of the general path, in the
+    // same order, so the same bits. Anything unusual takes the general path, which reports it.
+    if let Some(d) = formulas::d_sym_one_pass(a, b) {
+        return Ok(d);
+    }
     distance(
         Distance::Cosine,
         EmbeddingView::new(a),
@@ -288,6 +293,44 @@ pub fn d_asym(source: &[f32], target: &[f32], trivial: &[f32], alpha: f64) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn d_sym_fast_path_gives_the_general_paths_bits() {
+        // Deterministic vectors with one-sided and two-sided zeros and a wide range.
+        let mut state = 12345_u64;
+        let mut next = || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let mut a = Vec::new();
+        let mut b = Vec::new();
+        for i in 0..5000 {
+            let x = (next() * 20.0 - 15.0).exp() as f32;
+            let y = (next() * 20.0 - 15.0).exp() as f32;
+            a.push(if i % 7 == 0 { 0.0 } else { x });
+            b.push(if i % 11 == 0 { 0.0 } else { y });
+        }
+        let fast = formulas::d_sym_one_pass(&a, &b).expect("valid input takes the fast path");
+        let general = distance(
+            Distance::Cosine,
+            EmbeddingView::new(&a),
+            EmbeddingView::new(&b),
+            &DistanceOptions::default(),
+        )
+        .expect("general path");
+        assert_eq!(fast.to_bits(), general.to_bits(), "{fast} vs {general}");
+        // Invalid input leaves the fast path, and the general path explains.
+        let mut bad = a.clone();
+        bad[3] = -1.0;
+        assert!(formulas::d_sym_one_pass(&bad, &b).is_none());
+        assert!(d_sym(&bad, &b).is_err());
+        assert!(formulas::d_sym_one_pass(&[0.0, 0.0], &[0.0, 0.0]).is_none());
+        assert!(formulas::d_sym_one_pass(&[0.0, 0.0], &[1.0, 0.0]).is_none());
+        assert!(d_sym(&[0.0, 0.0], &[1.0, 0.0]).is_err());
+        assert!(formulas::d_sym_one_pass(&a[..10], &b[..9]).is_none());
+    }
 
     #[test]
     fn names_round_trip_through_from_str_and_serde() {
