@@ -170,7 +170,18 @@ pub fn run_similar(a: SimilarArgs) -> Result<()> {
             Target::Task(id) => store.similar_to_task(*id, &options)?,
             _ => {
                 let e = query_embedding(&store, &target, &a.probe, &resolved.embedding)?;
-                store.similar_tasks(&e, &options)?
+                // A dataset is never its own neighbour, stored or not.
+                let wider = SimilarOptions {
+                    limit: options.limit + 1,
+                    ..options.clone()
+                };
+                let mut found: Vec<SimilarTask> = store
+                    .similar_tasks(&e, &wider)?
+                    .into_iter()
+                    .filter(|t| t.dataset_uri != e.meta.dataset.path)
+                    .collect();
+                found.truncate(options.limit);
+                found
             }
         },
         Source::Daemon(client) => {
@@ -213,7 +224,7 @@ fn print_similar(similar: &[SimilarTask]) {
 }
 
 /// Where queries are answered.
-enum Source {
+pub enum Source {
     /// The store itself.
     Store(Box<Store>),
     /// The daemon, which holds the embedded store open.
@@ -221,7 +232,7 @@ enum Source {
 }
 
 /// Opens the store; if the embedded store is held by the running daemon, asks the daemon.
-fn open_for_query(resolved: &Resolved) -> Result<Source> {
+pub fn open_for_query(resolved: &Resolved) -> Result<Source> {
     match store_args::open_existing(&resolved.store) {
         Ok(store) => Ok(Source::Store(Box::new(store))),
         Err(e) if store_args::is_locked(&e) => {

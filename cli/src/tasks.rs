@@ -7,7 +7,10 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use uuid::Uuid;
 
+use task2vec_qdrant::TaskSummary;
+
 use crate::probe_args::ProbeArgs;
+use crate::select::{open_for_query, Source};
 use crate::store_args::{self, EmbedPlan, StoreArgs, Target};
 use crate::table::Table;
 use crate::zoo::parse_pairs;
@@ -122,8 +125,23 @@ fn add(a: AddArgs) -> Result<()> {
 
 fn list(a: ListArgs) -> Result<()> {
     let resolved = a.store.resolve()?;
-    let store = store_args::open_existing(&resolved.store)?;
-    let tasks = store.list_tasks()?;
+    let tasks: Vec<TaskSummary> = match open_for_query(&resolved)? {
+        Source::Store(store) => store.list_tasks()?,
+        Source::Daemon(client) => client
+            .tasks()?
+            .into_iter()
+            .map(|t| TaskSummary {
+                id: t.id,
+                dataset_uri: t.dataset_uri,
+                fingerprint: t.fingerprint,
+                n_classes: t.n_classes,
+                samples: t.samples,
+                norm: t.norm,
+                tags: t.tags,
+                stored_at: t.stored_at,
+            })
+            .collect(),
+    };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&tasks)?);
         return Ok(());

@@ -333,3 +333,89 @@ fn store_commands_explain_what_is_wrong() {
         text(&out.stderr)
     );
 }
+
+/// The README's newcomer path: `t2v daemon` watches a folder, two datasets are dropped in with
+/// their completion markers, and `t2v similar` (which finds the store held by the daemon and
+/// asks it over HTTP) lists the other one.
+#[test]
+fn datasets_dropped_into_the_watched_folder_appear_in_t2v_similar() {
+    let env = Env::new();
+    let watched = env.dir.join("datasets");
+    std::fs::create_dir_all(&watched).unwrap();
+    let extra = format!(
+        "\n[watch]\nroots = [\"{}\"]\nquiet_secs = 30.0\n\n[http]\naddr = \"127.0.0.1:0\"\n",
+        watched.display()
+    );
+    let mut config = std::fs::read_to_string(&env.config).unwrap();
+    config.push_str(&extra);
+    std::fs::write(&env.config, config).unwrap();
+
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_t2v"))
+        .arg("daemon")
+        .env("T2V_CONFIG", &env.config)
+        .env("T2V_ASSETS", assets())
+        .env("T2V_CACHE", env.dir.join("cache"))
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start t2v daemon");
+    struct Kill<'a>(&'a mut std::process::Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let guard = Kill(&mut daemon);
+
+    // Written outside, then moved in whole with the marker (as the README says).
+    let staging = env.dir.join("staging");
+    cut(&mnist_dir(), &[0, 1, 2], 20, &staging.join("digits"));
+    cut(
+        &PathBuf::from(FASHION),
+        &[5, 7, 9],
+        20,
+        &staging.join("shoes"),
+    );
+    for name in ["digits", "shoes"] {
+        std::fs::rename(staging.join(name), watched.join(name)).unwrap();
+        std::fs::write(watched.join(name).join(".t2v-ready"), b"").unwrap();
+    }
+
+    // Both indexed well before the quiet period would have taken them: the marker did.
+    let digits = watched.join("digits").to_string_lossy().into_owned();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(25);
+    let found = loop {
+        let out = env.t2v(&["similar", &digits, "--json"]);
+        if out.status.success() {
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+            let tasks = v["tasks"].as_array().cloned().unwrap_or_default();
+            if !tasks.is_empty() {
+                break tasks;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dropped datasets did not appear in `t2v similar` within 25 s; last stderr: {}",
+            text(&out.stderr)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    };
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0]["dataset_uri"].as_str().unwrap().ends_with("shoes"),
+        "{found:?}"
+    );
+    // Listing goes through the daemon too; writes are refused with a clear message.
+    let listed = env.json(&["tasks", "list", "--json"]);
+    assert_eq!(listed.as_array().map(Vec::len), Some(2), "{listed}");
+    let out = env.t2v(&["tasks", "rm", &digits]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("in use"),
+        "{}",
+        text(&out.stderr)
+    );
+    drop(guard);
+}

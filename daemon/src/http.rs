@@ -341,7 +341,18 @@ async fn similar(
     };
     let found = tokio::task::spawn_blocking(move || match subject {
         Subject::Stored(id) => store.similar_to_task(id, &options),
-        Subject::Embedded(e) => store.similar_tasks(&e, &options),
+        // A dataset is never its own neighbour, stored or not (yet).
+        Subject::Embedded(e) => {
+            let limit = options.limit;
+            options.limit += 1;
+            let uri = e.meta.dataset.path.clone();
+            store.similar_tasks(&e, &options).map(|found| {
+                let mut found: Vec<_> =
+                    found.into_iter().filter(|t| t.dataset_uri != uri).collect();
+                found.truncate(limit);
+                found
+            })
+        }
     })
     .await
     .map_err(internal)?
