@@ -350,6 +350,17 @@ fn datasets_dropped_into_the_watched_folder_appear_in_t2v_similar() {
     config.push_str(&extra);
     std::fs::write(&env.config, config).unwrap();
 
+    // One expert in the zoo before the daemon takes the store (writes need the store).
+    cut(&mnist_dir(), &[3, 4, 5], 20, &env.dir.join("zoo-digits"));
+    env.ok(&[
+        "zoo",
+        "add",
+        "--id",
+        "digit-expert",
+        "--trained-on",
+        &env.path("zoo-digits"),
+    ]);
+
     let mut daemon = Command::new(env!("CARGO_BIN_EXE_t2v"))
         .arg("daemon")
         .env("T2V_CONFIG", &env.config)
@@ -385,7 +396,7 @@ fn datasets_dropped_into_the_watched_folder_appear_in_t2v_similar() {
 
     // Both indexed well before the quiet period would have taken them: the marker did.
     let digits = watched.join("digits").to_string_lossy().into_owned();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(25);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
     let found = loop {
         let out = env.t2v(&["similar", &digits, "--json"]);
         if out.status.success() {
@@ -397,7 +408,7 @@ fn datasets_dropped_into_the_watched_folder_appear_in_t2v_similar() {
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "the dropped datasets did not appear in `t2v similar` within 25 s; last stderr: {}",
+            "the dropped datasets did not appear in `t2v similar` within 90 s; last stderr: {}",
             text(&out.stderr)
         );
         std::thread::sleep(std::time::Duration::from_millis(300));
@@ -407,7 +418,10 @@ fn datasets_dropped_into_the_watched_folder_appear_in_t2v_similar() {
         found[0]["dataset_uri"].as_str().unwrap().ends_with("shoes"),
         "{found:?}"
     );
-    // Listing goes through the daemon too; writes are refused with a clear message.
+    // Selection goes through the daemon too.
+    let ranked = env.json(&["select", &digits, "--json"]);
+    assert_eq!(ranked["experts"][0]["key"], "digit-expert", "{ranked}");
+    // So does listing; writes are refused with a clear message.
     let listed = env.json(&["tasks", "list", "--json"]);
     assert_eq!(listed.as_array().map(Vec::len), Some(2), "{listed}");
     let out = env.t2v(&["tasks", "rm", &digits]);
