@@ -170,18 +170,7 @@ pub fn run_similar(a: SimilarArgs) -> Result<()> {
             Target::Task(id) => store.similar_to_task(*id, &options)?,
             _ => {
                 let e = query_embedding(&store, &target, &a.probe, &resolved.embedding)?;
-                // A dataset is never its own neighbour, stored or not.
-                let wider = SimilarOptions {
-                    limit: options.limit + 1,
-                    ..options.clone()
-                };
-                let mut found: Vec<SimilarTask> = store
-                    .similar_tasks(&e, &wider)?
-                    .into_iter()
-                    .filter(|t| t.dataset_uri != e.meta.dataset.path)
-                    .collect();
-                found.truncate(options.limit);
-                found
+                store.similar_tasks(&e, &options)?
             }
         },
         Source::Daemon(client) => {

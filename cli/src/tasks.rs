@@ -127,20 +127,7 @@ fn list(a: ListArgs) -> Result<()> {
     let resolved = a.store.resolve()?;
     let tasks: Vec<TaskSummary> = match open_for_query(&resolved)? {
         Source::Store(store) => store.list_tasks()?,
-        Source::Daemon(client) => client
-            .tasks()?
-            .into_iter()
-            .map(|t| TaskSummary {
-                id: t.id,
-                dataset_uri: t.dataset_uri,
-                fingerprint: t.fingerprint,
-                n_classes: t.n_classes,
-                samples: t.samples,
-                norm: t.norm,
-                tags: t.tags,
-                stored_at: t.stored_at,
-            })
-            .collect(),
+        Source::Daemon(client) => client.tasks()?,
     };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&tasks)?);

@@ -72,26 +72,8 @@ pub struct StoreStatus {
     pub tasks: usize,
 }
 
-/// A stored task (`GET /api/tasks`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TaskInfo {
-    /// Point id.
-    pub id: Uuid,
-    /// The dataset's path or URI.
-    pub dataset_uri: String,
-    /// The dataset's fingerprint when embedded.
-    pub fingerprint: String,
-    /// Number of classes.
-    pub n_classes: usize,
-    /// Distinct images whose features were computed.
-    pub samples: usize,
-    /// Euclidean norm of the vector.
-    pub norm: f64,
-    /// Tags.
-    pub tags: BTreeMap<String, String>,
-    /// When it was stored (RFC 3339 UTC).
-    pub stored_at: String,
-}
+/// A stored task as listed (`GET /api/tasks`): the store's own listing record.
+pub use task2vec_qdrant::TaskSummary as TaskInfo;
 
 /// What a query is about.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -14,9 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use task2vec::embedding::Embedding;
-use task2vec_qdrant::{
-    Error as StoreError, SelectOptions, SimilarOptions, Store, TaskFilter, TaskSummary,
-};
+use task2vec_qdrant::{Error as StoreError, SelectOptions, SimilarOptions, Store, TaskFilter};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -129,20 +127,7 @@ async fn tasks(State(shared): State<Arc<Shared>>) -> Result<Json<Vec<TaskInfo>>,
         .await
         .map_err(internal)?
         .map_err(from_store)?;
-    Ok(Json(list.into_iter().map(task_info).collect()))
-}
-
-fn task_info(t: TaskSummary) -> TaskInfo {
-    TaskInfo {
-        id: t.id,
-        dataset_uri: t.dataset_uri,
-        fingerprint: t.fingerprint,
-        n_classes: t.n_classes,
-        samples: t.samples,
-        norm: t.norm,
-        tags: t.tags,
-        stored_at: t.stored_at,
-    }
+    Ok(Json(list))
 }
 
 /// The query string's pairs, refusing unknown names.
@@ -341,18 +326,7 @@ async fn similar(
     };
     let found = tokio::task::spawn_blocking(move || match subject {
         Subject::Stored(id) => store.similar_to_task(id, &options),
-        // A dataset is never its own neighbour, stored or not (yet).
-        Subject::Embedded(e) => {
-            let limit = options.limit;
-            options.limit += 1;
-            let uri = e.meta.dataset.path.clone();
-            store.similar_tasks(&e, &options).map(|found| {
-                let mut found: Vec<_> =
-                    found.into_iter().filter(|t| t.dataset_uri != uri).collect();
-                found.truncate(limit);
-                found
-            })
-        }
+        Subject::Embedded(e) => store.similar_tasks(&e, &options),
     })
     .await
     .map_err(internal)?

@@ -196,3 +196,17 @@ pub async fn shutdown_signal() {
         () = term => tracing::info!("SIGTERM received"),
     }
 }
+
+/// Installs the process's `tracing` subscriber: stderr, `filter`, text (coloured on a
+/// terminal) or one JSON object per line as `format` says. For `t2v-daemon` and `t2v daemon`.
+pub fn init_logging(format: config::LogFormat, filter: tracing_subscriber::EnvFilter) {
+    use std::io::IsTerminal;
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    match format {
+        config::LogFormat::Text => subscriber.init(),
+        config::LogFormat::Json => subscriber.json().init(),
+    }
+}

@@ -17,15 +17,13 @@
 
 use std::cmp::Ordering;
 
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use task2vec::distance::d_sym;
 use task2vec::embedding::Embedding;
 use uuid::Uuid;
 
-use crate::backend::{Filter, FormulaQuery, Nearest, WithVectors};
+use crate::backend::{Filter, FormulaQuery, Nearest};
 use crate::record::ExpertPayload;
-use crate::store::{HESSIAN, MODEL2VEC};
+use crate::store::MODEL2VEC;
 use crate::{Error, Result, Store};
 
 /// Settings of [`Store::select_experts`] (missing fields of a JSON document take the
@@ -99,25 +97,18 @@ impl Store {
         }
         let index = self.transform().apply(&target.hessian)?;
         let c = self.experts();
-        let hits = c.search(
+        let hits = self.shortlist_with_d_sym(
+            c,
             &Nearest {
                 using: MODEL2VEC,
                 vector: index,
                 filter: Filter::default(),
                 limit: options.prefetch.max(options.limit),
             },
-            WithVectors::Only(&[HESSIAN]),
+            target,
         )?;
-        // The exact re-rank: one d_sym per hit over the raw vectors, on every core.
-        let distances: Vec<f64> = hits
-            .iter()
-            .map(|hit| self.dense(c, &hit.point, HESSIAN))
-            .collect::<Result<Vec<_>>>()?
-            .into_par_iter()
-            .map(|h| d_sym(h, &target.hessian))
-            .collect::<std::result::Result<_, _>>()?;
         let mut ranked = Vec::with_capacity(hits.len());
-        for (hit, d) in hits.into_iter().zip(distances) {
+        for (hit, d) in hits {
             let payload: ExpertPayload = self.payload(c, &hit.point)?;
             let complexity = match (payload.complexity, options.alpha == 0.0) {
                 (Some(x), _) => x,

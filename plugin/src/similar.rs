@@ -3,16 +3,14 @@
 
 use std::cmp::Ordering;
 
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use task2vec::distance::d_sym;
 use task2vec::embedding::Embedding;
 use uuid::Uuid;
 
 use crate::backend::{Condition, Filter, Nearest, WithVectors};
 use crate::record::{tag_pair, Tags, TaskPayload, TaskSummary};
-use crate::store::{HESSIAN, TASK2VEC};
-use crate::{Error, Result, Store};
+use crate::store::TASK2VEC;
+use crate::{task_point_id, Error, Result, Store};
 
 /// Which stored tasks a query considers (every condition must hold; the default lets all
 /// through). Missing fields of a JSON document take the defaults.
@@ -102,7 +100,9 @@ pub struct SimilarTask {
 
 impl Store {
     /// The stored tasks nearest `target` by exact `d_sym`, nearest first, among those passing
-    /// `options.filter`: the `prefetch` nearest by cosine of the index vectors, re-ranked.
+    /// `options.filter`: the `prefetch` nearest by cosine of the index vectors, re-ranked. The
+    /// target's own dataset (the point its URI, probe and estimator would have) is never among
+    /// them, whether stored, stale or not stored yet.
     ///
     /// Errors: [`Error::Mismatch`] for a target of another space.
     pub fn similar_tasks(
@@ -111,7 +111,7 @@ impl Store {
         options: &SimilarOptions,
     ) -> Result<Vec<SimilarTask>> {
         self.space().check(target)?;
-        self.similar(target, options, None)
+        self.similar(target, options)
     }
 
     /// [`Store::similar_tasks`] for a stored task, by its id (the task itself left out).
@@ -121,36 +121,31 @@ impl Store {
         let task = self
             .get_task(id)?
             .ok_or(Error::NotFound { what: "task", id })?;
-        self.similar(&task.embedding, options, Some(id))
+        // Its own point id is `id`: the stored embedding carries the URI the id was made from.
+        self.similar(&task.embedding, options)
     }
 
-    fn similar(
-        &self,
-        target: &Embedding,
-        options: &SimilarOptions,
-        exclude: Option<Uuid>,
-    ) -> Result<Vec<SimilarTask>> {
+    fn similar(&self, target: &Embedding, options: &SimilarOptions) -> Result<Vec<SimilarTask>> {
+        let meta = &target.meta;
+        let own = task_point_id(
+            &meta.dataset.path,
+            &meta.probe.weights_sha256,
+            target.estimator(),
+        );
         let index = self.transform().apply(&target.hessian)?;
         let c = self.tasks();
-        let hits = c.search(
+        let hits = self.shortlist_with_d_sym(
+            c,
             &Nearest {
                 using: TASK2VEC,
                 vector: index,
-                filter: options.filter.to_filter(exclude),
+                filter: options.filter.to_filter(Some(own)),
                 limit: options.prefetch.max(options.limit),
             },
-            WithVectors::Only(&[HESSIAN]),
+            target,
         )?;
-        // The exact re-rank: one d_sym per hit over the raw vectors, on every core.
-        let distances: Vec<f64> = hits
-            .iter()
-            .map(|hit| self.dense(c, &hit.point, HESSIAN))
-            .collect::<Result<Vec<_>>>()?
-            .into_par_iter()
-            .map(|h| d_sym(h, &target.hessian))
-            .collect::<std::result::Result<_, _>>()?;
         let mut out = Vec::with_capacity(hits.len());
-        for (hit, d) in hits.into_iter().zip(distances) {
+        for (hit, d) in hits {
             let p: TaskPayload = self.payload(c, &hit.point)?;
             out.push(SimilarTask {
                 id: hit.point.id,

@@ -22,6 +22,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{PoisonError, RwLock};
 
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use task2vec::distance::d_sym;
@@ -30,8 +31,8 @@ use task2vec::fisher::Estimator;
 use uuid::Uuid;
 
 use crate::backend::{
-    scroll_all, Collection, FieldKind, Filter, IndexedField, Location, Payload, Point, VectorSpec,
-    WithVectors,
+    scroll_all, Collection, FieldKind, Filter, IndexedField, Location, Nearest, Payload, Point,
+    Scored, VectorSpec, WithVectors,
 };
 use crate::record::{
     tag_pairs, Expert, ExpertPayload, StoredExpert, StoredTask, Tags, TaskPayload, TaskSummary,
@@ -672,6 +673,26 @@ impl Store {
             scale,
             meta,
         })
+    }
+
+    /// The cosine shortlist of `query` in `c`, each hit with its exact `d_sym` to `target`
+    /// computed on the raw `hessian` vectors (on every core, without copying them): the
+    /// prefetch + exact re-rank that `select` and `similar` share.
+    pub(crate) fn shortlist_with_d_sym(
+        &self,
+        c: &dyn Collection,
+        query: &Nearest,
+        target: &Embedding,
+    ) -> Result<Vec<(Scored, f64)>> {
+        let hits = c.search(query, WithVectors::Only(&[HESSIAN]))?;
+        let distances: Vec<f64> = hits
+            .iter()
+            .map(|hit| self.dense(c, &hit.point, HESSIAN))
+            .collect::<Result<Vec<_>>>()?
+            .into_par_iter()
+            .map(|h| d_sym(h, &target.hessian))
+            .collect::<std::result::Result<_, _>>()?;
+        Ok(hits.into_iter().zip(distances).collect())
     }
 
     /// The dense vector `name` of a point read with its vectors.

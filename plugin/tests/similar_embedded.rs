@@ -209,6 +209,22 @@ fn similar_to_a_stored_task_leaves_it_out() {
         6 % 4,
         "its nearest neighbour shares its base task"
     );
+    // The same by embedding: a dataset is never its own neighbour, even when re-embedded
+    // (here: a changed vector for the same dataset path) and not yet stored again.
+    let mut again = me.embedding.clone();
+    again.hessian = perturbed(2, 0.1, 4242);
+    let by_embedding = store
+        .similar_tasks(
+            &again,
+            &SimilarOptions {
+                limit: 19,
+                prefetch: 20,
+                filter: TaskFilter::default(),
+            },
+        )
+        .expect("similar");
+    assert_eq!(by_embedding.len(), 19);
+    assert!(by_embedding.iter().all(|s| s.id != me.id));
 
     match store.similar_to_task(Uuid::nil(), &SimilarOptions::default()) {
         Err(Error::NotFound { what, id }) => {

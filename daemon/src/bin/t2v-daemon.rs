@@ -3,12 +3,10 @@
 //! Exit codes: 0 after a clean stop (SIGINT or SIGTERM), 2 for a configuration error, 1 for
 //! any other start-up failure.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use task2vec_daemon::config::LogFormat;
 use task2vec_daemon::{load_config, run_until_signal, Error};
 use tracing_subscriber::EnvFilter;
 
@@ -54,14 +52,7 @@ fn main() -> ExitCode {
         );
         EnvFilter::new("info")
     });
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    match config.log.format {
-        LogFormat::Text => subscriber.init(),
-        LogFormat::Json => subscriber.json().init(),
-    }
+    task2vec_daemon::init_logging(config.log.format, filter);
     match run_until_signal(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
