@@ -282,6 +282,16 @@ pub fn d_sym(a: &[f32], b: &[f32]) -> Result<f64> {
     )
 }
 
+/// [`d_sym`] computed about four times faster, for ranking many candidates: the sums run in
+/// eight interleaved lanes, so the result equals [`d_sym`] to about 1e-13 relative (checked to
+/// 1e-12) but not bit for bit. Same input rules and errors as [`d_sym`] (invalid input takes its general path).
+pub fn d_sym_fast(a: &[f32], b: &[f32]) -> Result<f64> {
+    match formulas::d_sym_lanes(a, b) {
+        Some(d) => Ok(d),
+        None => d_sym(a, b),
+    }
+}
+
 /// The paper's asymmetric distance `d_asym(source → target) = d_sym(source, target) − alpha ·
 /// d_sym(source, trivial)`: `source` is the candidate expert's task, `target` the task to
 /// solve, `trivial` the trivial task's embedding t0. The second term favours sources far from
@@ -293,6 +303,45 @@ pub fn d_asym(source: &[f32], target: &[f32], trivial: &[f32], alpha: f64) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn d_sym_fast_equals_d_sym_to_rounding_and_refuses_the_same_input() {
+        let mut state = 777_u64;
+        let mut next = || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 11) as f64 / (1u64 << 53) as f64
+        };
+        // 5003 values: not a multiple of the lanes, so the tail is exercised.
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for i in 0..5003 {
+            let x = (next() * 20.0 - 15.0).exp() as f32;
+            let y = (next() * 20.0 - 15.0).exp() as f32;
+            a.push(if i % 7 == 0 { 0.0 } else { x });
+            b.push(if i % 7 == 0 || i % 11 == 0 { 0.0 } else { y });
+        }
+        let exact = d_sym(&a, &b).expect("d_sym");
+        let fast = d_sym_fast(&a, &b).expect("d_sym_fast");
+        assert!(
+            (fast - exact).abs() <= 1e-12 * exact,
+            "{fast} vs {exact}: {:e} relative",
+            (fast - exact).abs() / exact
+        );
+        assert_eq!(
+            d_sym_fast(&a, &a).expect("self"),
+            d_sym(&a, &a).expect("self")
+        );
+        for bad in [-1.0, f32::NAN, f32::INFINITY] {
+            let mut v = a.clone();
+            v[4999] = bad;
+            assert!(formulas::d_sym_lanes(&v, &b).is_none(), "{bad}");
+            assert!(formulas::d_sym_lanes(&b, &v).is_none(), "{bad}");
+            assert!(d_sym_fast(&v, &b).is_err(), "{bad}");
+        }
+        assert!(d_sym_fast(&[0.0, 0.0], &[1.0, 0.0]).is_err());
+        assert!(d_sym_fast(&a[..10], &b[..9]).is_err());
+    }
 
     #[test]
     fn d_sym_fast_path_gives_the_general_paths_bits() {
