@@ -4,12 +4,19 @@
 //! brute-force exact d_asym over all N, build time, memory and disk.
 //!
 //! ```text
-//! cargo run --release -p task2vec-qdrant --example bench_select -- N [QUERIES] [PREFETCH] [DIR]
+//! cargo run --release -p task2vec-qdrant --example bench_select -- \
+//!     N [QUERIES] [PREFETCH[,PREFETCH...]] [DIR] [layered|full]
 //! ```
+//!
+//! `layered` (the default) is the store's default index transform, the layered sketch;
+//! `full` is the older full-length centred log (int8 quantized in RAM), for a side-by-side
+//! run. Several prefetch sizes are measured on the same store. The store indexes itself every
+//! 5,000 upserts (`Store::set_auto_optimize`), so the upsert time includes that; a final
+//! `optimize()` indexes the rest and merges segments.
 //!
 //! Vectors are synthetic but realistic: log-space mixtures of the four real reference task
 //! embeddings plus per-coordinate log-normal noise (tests/common), each regenerated from its
-//! seed for the brute-force pass, so memory holds no copy of the N vectors.
+//! seed for the brute-force pass (on every core), so memory holds no copy of the N vectors.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -17,8 +24,10 @@ mod common;
 use std::path::PathBuf;
 use std::time::Instant;
 
+use rayon::prelude::*;
+
 use task2vec::distance::d_asym;
-use task2vec_qdrant::{Expert, SelectOptions, Store, VectorSpace};
+use task2vec_qdrant::{Expert, IndexTransform, SelectOptions, Store, VectorSpace};
 
 /// Seed of stored expert `i`.
 fn expert_seed(i: usize) -> u64 {
@@ -39,7 +48,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let n: usize = args.first().map(|s| s.parse()).transpose()?.unwrap_or(1000);
     let queries: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(50);
-    let prefetch: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(100);
+    let prefetches: Vec<usize> = match args.get(2) {
+        Some(list) => list.split(',').map(str::parse).collect::<Result<_, _>>()?,
+        None => vec![100],
+    };
     let scratch;
     let dir: PathBuf = match args.get(3) {
         Some(d) => PathBuf::from(d),
@@ -48,17 +60,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             scratch.path().to_path_buf()
         }
     };
+    let transform = match args.get(4).map(String::as_str) {
+        None | Some("layered") => IndexTransform::default(),
+        Some("full") => IndexTransform::CenteredLog { floor_rel: 1e-4 },
+        Some(other) => return Err(format!("unknown transform `{other}`").into()),
+    };
     let alpha = 0.15;
     let trivial = common::trivial_embedding();
     let space = VectorSpace::of(&common::fixture_embedding(0));
     println!(
-        "bench_select: N={n} experts, dimension {}, {queries} queries, prefetch {prefetch}, \
-         alpha {alpha}, store {}",
+        "bench_select: N={n} experts, dimension {}, {queries} queries, prefetch {prefetches:?}, \
+         alpha {alpha}, index {transform:?} ({} values), store {}",
         space.dimension,
+        transform.len(&space),
         dir.display()
     );
 
-    let store = Store::open(&dir, &space)?;
+    let store = Store::open_with(&dir, &space, transform)?;
     store.set_trivial(&trivial)?;
     let t = Instant::now();
     let existing = store.count_experts()?;
@@ -70,7 +88,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ..Expert::default()
         };
         store.upsert_expert(&expert, &e)?;
-        if (i + 1) % 5000 == 0 {
+        if (i + 1) % 10_000 == 0 {
             eprintln!("  {} upserted, {:.0} s", i + 1, t.elapsed().as_secs_f64());
         }
     }
@@ -91,73 +109,95 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         du(&dir) / (1 << 20)
     );
 
-    let options = SelectOptions {
-        alpha,
-        prefetch,
-        limit: 10,
-    };
     let qs: Vec<_> = (0..queries)
         .map(|q| common::embedding(&format!("query-{q}"), vector(query_seed(q))))
         .collect();
-    // One warm-up query (page cache, lazy structures), not counted.
-    store.select_experts(&qs[0], &options)?;
-    let mut total = Vec::new();
-    let mut formula = Vec::new();
+    // Cold: the first queries after opening read their candidates' raw vectors from disk
+    // unless the page cache still holds them (it does here, right after building, up to RAM).
+    let t = Instant::now();
+    let bytes = prewarm(&dir)?;
+    println!(
+        "page cache warmed: read all {} MiB of the store in {:.1} s (a store that fits in RAM; \
+         the figures below are warm)",
+        bytes >> 20,
+        t.elapsed().as_secs_f64()
+    );
     let mut results = Vec::new();
-    for q in &qs {
-        let t = Instant::now();
-        let ranked = store.select_experts(q, &options)?;
-        total.push(t.elapsed().as_secs_f64() * 1e3);
-        let t = Instant::now();
-        store.rank_experts_by_formula(q, prefetch, alpha as f32, 10)?;
-        formula.push(t.elapsed().as_secs_f64() * 1e3);
-        results.push(ranked);
+    for &prefetch in &prefetches {
+        let options = SelectOptions {
+            alpha,
+            prefetch,
+            limit: 10,
+        };
+        // One warm-up query (page cache, lazy structures), not counted.
+        store.select_experts(&qs[0], &options)?;
+        let mut total = Vec::new();
+        let mut formula = Vec::new();
+        let mut ranked_all = Vec::new();
+        for q in &qs {
+            let t = Instant::now();
+            let ranked = store.select_experts(q, &options)?;
+            total.push(t.elapsed().as_secs_f64() * 1e3);
+            let t = Instant::now();
+            store.rank_experts_by_formula(q, prefetch, alpha as f32, 10)?;
+            formula.push(t.elapsed().as_secs_f64() * 1e3);
+            ranked_all.push(ranked);
+        }
+        let (p50, p99) = (percentile(&total, 0.5), percentile(&total, 0.99));
+        let (f50, f99) = (percentile(&formula, 0.5), percentile(&formula, 0.99));
+        println!(
+            "prefetch {prefetch}: select (prefetch + exact re-rank) p50 {p50:.2} ms, p99 \
+             {p99:.2} ms, mean {:.2} ms; Qdrant-only (prefetch + formula) p50 {f50:.2} ms, p99 \
+             {f99:.2} ms; exact re-rank share ≈ {:.0}% (1 − formula/select at the median)",
+            mean(&total),
+            100.0 * (1.0 - f50 / p50).max(0.0)
+        );
+        results.push((prefetch, ranked_all));
     }
-    let (p50, p99) = (percentile(&total, 0.5), percentile(&total, 0.99));
-    let (f50, f99) = (percentile(&formula, 0.5), percentile(&formula, 0.99));
-    println!(
-        "select (prefetch {prefetch} + exact re-rank): p50 {p50:.2} ms, p99 {p99:.2} ms, \
-         mean {:.2} ms",
-        mean(&total)
-    );
-    println!(
-        "Qdrant-only (prefetch + formula, no vectors read): p50 {f50:.2} ms, p99 {f99:.2} ms; \
-         exact re-rank share of select ≈ {:.0}% (1 − formula/select at the median)",
-        100.0 * (1.0 - f50 / p50).max(0.0)
-    );
 
     // Brute force: exact d_asym of every stored expert for every query, in one pass over the
     // experts (each regenerated once from its seed).
     let t = Instant::now();
     let brute_queries = queries.min(20);
-    let mut all: Vec<Vec<(f64, usize)>> = vec![Vec::with_capacity(n); brute_queries];
-    for i in 0..n {
-        let v = vector(expert_seed(i));
-        for (q, row) in qs.iter().zip(all.iter_mut()) {
-            row.push((d_asym(&v, &q.hessian, &trivial.hessian, alpha)?, i));
-        }
-    }
-    let mut recall = 0.0;
-    let mut top1 = 0usize;
-    for (row, ranked) in all.iter_mut().zip(&results) {
+    let scores: Vec<Vec<f64>> = (0..n)
+        .into_par_iter()
+        .map(|i| {
+            let v = vector(expert_seed(i));
+            qs[..brute_queries]
+                .iter()
+                .map(|q| d_asym(&v, &q.hessian, &trivial.hessian, alpha))
+                .collect::<Result<Vec<f64>, _>>()
+        })
+        .collect::<Result<_, _>>()?;
+    let mut all: Vec<Vec<(f64, usize)>> = (0..brute_queries)
+        .map(|q| scores.iter().enumerate().map(|(i, s)| (s[q], i)).collect())
+        .collect();
+    for row in all.iter_mut() {
         row.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let truth: Vec<String> = row[..10.min(n)]
-            .iter()
-            .map(|(_, i)| format!("expert-{i}"))
-            .collect();
-        let found: Vec<&str> = ranked.iter().map(|r| r.key.as_str()).collect();
-        recall += truth.iter().filter(|k| found.contains(&k.as_str())).count() as f64
-            / truth.len() as f64;
-        top1 += usize::from(found.first().copied() == truth.first().map(String::as_str));
     }
     println!(
-        "recall@10 vs brute-force exact d_asym: {:.3} over {brute_queries} queries (top-1 {}/{}), \
-         brute force took {:.0} s",
-        recall / brute_queries as f64,
-        top1,
-        brute_queries,
+        "brute force (exact d_asym of all {n} experts for {brute_queries} queries) took {:.0} s",
         t.elapsed().as_secs_f64()
     );
+    for (prefetch, ranked_all) in &results {
+        let mut recall = 0.0;
+        let mut top1 = 0usize;
+        for (row, ranked) in all.iter().zip(ranked_all) {
+            let truth: Vec<String> = row[..10.min(n)]
+                .iter()
+                .map(|(_, i)| format!("expert-{i}"))
+                .collect();
+            let found: Vec<&str> = ranked.iter().map(|r| r.key.as_str()).collect();
+            recall += truth.iter().filter(|k| found.contains(&k.as_str())).count() as f64
+                / truth.len() as f64;
+            top1 += usize::from(found.first().copied() == truth.first().map(String::as_str));
+        }
+        println!(
+            "prefetch {prefetch}: recall@10 vs brute-force exact d_asym {:.3} over \
+             {brute_queries} queries (top-1 {top1}/{brute_queries})",
+            recall / brute_queries as f64
+        );
+    }
     println!(
         "memory at the end: RSS {} MiB, peak {} MiB",
         proc_status_kib("VmRSS") / 1024,
@@ -189,6 +229,20 @@ fn proc_status_kib(field: &str) -> u64 {
                 .and_then(|x| x.parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// Reads every file under `dir` once (so the page cache holds the store), returning the bytes.
+fn prewarm(dir: &std::path::Path) -> std::io::Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            total += prewarm(&path)?;
+        } else {
+            total += std::io::copy(&mut std::fs::File::open(&path)?, &mut std::io::sink())?;
+        }
+    }
+    Ok(total)
 }
 
 /// Bytes under `dir`.

@@ -1,80 +1,97 @@
-//! How well Qdrant's cosine top-K on the index vector finds the exact top 10 under d_sym and
-//! d_asym, on synthetic but realistic tasks: log-space mixtures of the four real reference
-//! embeddings (EfficientNet-Lite0, Monte-Carlo) plus per-coordinate log-normal noise.
+//! How well the cosine top-K of an index transform finds the exact top 10 under `d_asym`, on
+//! synthetic but realistic tasks (log-space mixtures of the four real reference embeddings,
+//! EfficientNet-Lite0 Monte-Carlo, plus per-coordinate log-normal noise: tests/common). Pure
+//! computation, no engine and no HNSW: the cosine is exact, so this is the transform's own
+//! recall, an upper bound of what Qdrant's graph search gives.
 //!
-//! `cargo run --release --example index_recall -- [N] [QUERIES]` (defaults 600 and 20). Pure
-//! computation (no engine): cosine is computed here exactly as Qdrant computes it.
+//! ```text
+//! cargo run --release -p task2vec-qdrant --example index_recall -- [N] [QUERIES]
+//! ```
+//!
+//! Defaults 3000 and 20. Stored vectors are regenerated one at a time from their seeds (the
+//! same seeds as `bench_select`), so memory holds scores, not vectors.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use task2vec::distance::{d_asym, d_sym};
-use task2vec_qdrant::IndexTransform;
+use task2vec::distance::d_asym;
+use task2vec_qdrant::{IndexTransform, VectorSpace};
+
+const KS: [usize; 5] = [20, 50, 100, 200, 300];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<usize> = std::env::args()
         .skip(1)
         .map(|a| a.parse())
         .collect::<Result<_, _>>()?;
-    let n = args.first().copied().unwrap_or(600);
+    let n = args.first().copied().unwrap_or(3000);
     let queries = args.get(1).copied().unwrap_or(20);
     let alpha = 0.15;
-
     let trivial = &common::fixture_hessians()[4];
-    let mut rng = common::Normal::new(42);
-    let mut seed = 1000;
-    let mut make = |rng: &mut common::Normal| {
-        seed += 1;
-        common::random_mixture(rng, seed)
-    };
-    let stored: Vec<Vec<f32>> = (0..n).map(|_| make(&mut rng)).collect();
-    let probes: Vec<Vec<f32>> = (0..queries).map(|_| make(&mut rng)).collect();
-
-    let transforms = [
-        (
-            "centered_log 1e-4",
+    let space = VectorSpace::of(&common::fixture_embedding(0));
+    let transforms: Vec<(String, IndexTransform)> = [1024, 2048, 4096, 8192]
+        .into_iter()
+        .map(|d| {
+            (
+                format!("layered_sketch {d}"),
+                IndexTransform::LayeredSketch {
+                    floor_rel: 1e-4,
+                    sketch_dim: d,
+                },
+            )
+        })
+        .chain([(
+            "centered_log (full)".to_string(),
             IndexTransform::CenteredLog { floor_rel: 1e-4 },
-        ),
-        (
-            "centered_log 1e-2",
-            IndexTransform::CenteredLog { floor_rel: 1e-2 },
-        ),
-        ("sqrt", IndexTransform::Sqrt),
-    ];
-    let exact_sym: Vec<Vec<f64>> = probes
+        )])
+        .collect();
+    let vector = |seed: u64| {
+        let mut rng = common::Normal::new(seed);
+        common::random_mixture(&mut rng, seed)
+    };
+    let probes: Vec<Vec<f32>> = (0..queries).map(|q| vector(9_000_000 + q as u64)).collect();
+    let probe_index: Vec<Vec<Vec<f32>>> = transforms
         .iter()
-        .map(|q| stored.iter().map(|s| d_sym(s, q)).collect())
-        .collect::<Result<_, _>>()?;
-    let exact_asym: Vec<Vec<f64>> = probes
-        .iter()
-        .map(|q| {
-            stored
+        .map(|(_, t)| {
+            probes
                 .iter()
-                .map(|s| d_asym(s, q, trivial, alpha))
-                .collect()
+                .map(|p| t.apply(p, &space).map(unit))
+                .collect::<Result<_, _>>()
         })
         .collect::<Result<_, _>>()?;
-    println!("{n} stored tasks, {queries} queries, alpha {alpha}");
-    for (name, t) in transforms {
-        let index: Vec<Vec<f32>> = stored
-            .iter()
-            .map(|s| t.apply(s).map(unit))
-            .collect::<Result<_, _>>()?;
-        for k in [10, 20, 50, 100] {
-            let (mut r_sym, mut r_asym) = (0.0, 0.0);
-            for (qi, q) in probes.iter().enumerate() {
-                let qv = unit(t.apply(q)?);
-                let cos: Vec<f64> = index.iter().map(|v| -dot(v, &qv)).collect();
-                let top_cos = top(&cos, k);
-                r_sym += overlap(&top(&exact_sym[qi], 10), &top_cos);
-                r_asym += overlap(&top(&exact_asym[qi], 10), &top_cos);
-            }
-            println!(
-                "{name:>18}  K={k:<4} recall@10 d_sym {:.3}  d_asym {:.3}",
-                r_sym / queries as f64,
-                r_asym / queries as f64
-            );
+    // exact[q][i] and cosine distances cos[t][q][i].
+    let mut exact = vec![Vec::with_capacity(n); queries];
+    let mut cos = vec![vec![Vec::with_capacity(n); queries]; transforms.len()];
+    for i in 0..n {
+        let h = vector(1_000_000 + i as u64);
+        for (q, p) in probes.iter().enumerate() {
+            exact[q].push(d_asym(&h, p, trivial, alpha)?);
         }
+        for (ti, (_, t)) in transforms.iter().enumerate() {
+            let v = unit(t.apply(&h, &space)?);
+            for q in 0..queries {
+                cos[ti][q].push(-dot(&v, &probe_index[ti][q]));
+            }
+        }
+        if (i + 1) % 10_000 == 0 {
+            eprintln!("  {} stored vectors scored", i + 1);
+        }
+    }
+    println!(
+        "{n} stored tasks, {queries} queries, alpha {alpha}: recall@10 of the exact d_asym top \
+         10 within the cosine top K"
+    );
+    let truth: Vec<Vec<usize>> = exact.iter().map(|e| top(e, 10)).collect();
+    for ((name, t), scores) in transforms.iter().zip(&cos) {
+        let mut line = format!("{name:>22} ({:>5} dims)", t.len(&space));
+        for k in KS {
+            let r: f64 = (0..queries)
+                .map(|q| overlap(&truth[q], &top(&scores[q], k)))
+                .sum::<f64>()
+                / queries as f64;
+            line += &format!("  K={k} {r:.3}");
+        }
+        println!("{line}");
     }
     Ok(())
 }
@@ -94,7 +111,9 @@ fn dot(a: &[f32], b: &[f32]) -> f64 {
 /// Indices of the `k` smallest values.
 fn top(values: &[f64], k: usize) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..values.len()).collect();
-    idx.sort_by(|&a, &b| values[a].total_cmp(&values[b]));
+    idx.select_nth_unstable_by(k.min(values.len() - 1), |&a, &b| {
+        values[a].total_cmp(&values[b])
+    });
     idx.truncate(k);
     idx
 }

@@ -12,8 +12,10 @@
 //!   its little-endian f32 bytes in standard base64 (so every value round-trips exactly) and
 //!   the payload is the point's as stored (docs/schema.md).
 //!
-//! Vectors are copied as stored, the index vectors included (the engines keep cosine vectors
-//! normalised), so an import needs the same transform as the export.
+//! Raw vectors (`hessian`, `scale`) are copied bit for bit. The index vectors are written too
+//! (as the engine returns them: normalised), for readers of the dump, but an import recomputes
+//! them from `hessian` with the importing store's transform: that is how a store made with an
+//! older transform (the full-length `centered_log`) moves to the current one.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -29,7 +31,7 @@ use uuid::Uuid;
 
 use crate::backend::{Collection, Filter, Point, WithVectors};
 use crate::record::{ExpertPayload, TaskPayload};
-use crate::store::{now, Manifest, HESSIAN, MODEL2VEC, SCALE, TASK2VEC};
+use crate::store::{now, Kind, Manifest, HESSIAN, MODEL2VEC, SCALE, TASK2VEC};
 use crate::{Error, Result, Store, StoreConfig};
 
 const DUMP_FORMAT: &str = "task2vec-qdrant-dump";
@@ -124,7 +126,7 @@ impl Store {
     /// replaced). The trivial embedding: a store without one takes the dump's; a store with
     /// another keeps its own and recomputes the imported points' complexities.
     ///
-    /// Errors: [`Error::Mismatch`] for a dump of another space or index transform;
+    /// Errors: [`Error::Mismatch`] for a dump of another space;
     /// [`Error::Dump`] for a folder that is not a complete dump or a line that does not parse
     /// (points before it are already imported).
     pub fn import_dump(&self, dir: &Path) -> Result<DumpSummary> {
@@ -138,29 +140,22 @@ impl Store {
                 diffs.join(", ")
             )));
         }
-        if header.store.transform != self.transform() {
-            return Err(Error::Mismatch(format!(
-                "the dump in {} was indexed with {:?}, this store with {:?}",
-                dir.display(),
-                header.store.transform,
-                self.transform()
-            )));
-        }
-        let dimension = self.space().dimension;
         let tasks = import_points(
-            self.tasks(),
+            self,
+            Kind::Tasks,
             &dir.join(TASKS_FILE),
             header.tasks,
-            dimension,
             &[TASK2VEC, HESSIAN, SCALE],
+            &[TASK2VEC],
             |p| serde_json::from_value::<TaskPayload>(p).map(|_| ()),
         )?;
         let experts = import_points(
-            self.experts(),
+            self,
+            Kind::Experts,
             &dir.join(EXPERTS_FILE),
             header.experts,
-            dimension,
             &[TASK2VEC, MODEL2VEC, HESSIAN, SCALE],
+            &[TASK2VEC, MODEL2VEC],
             |p| serde_json::from_value::<ExpertPayload>(p).map(|_| ()),
         )?;
         let dump_trivial = if header.trivial {
@@ -189,12 +184,12 @@ impl Store {
     }
 
     /// Imports the dump in `dir` into the store `config` describes, creating the store (with
-    /// the dump's space and transform) when there is none.
+    /// the dump's space and this library's default index transform) when there is none.
     ///
     /// Errors: as [`Store::open_config`] and [`Store::import_dump`].
     pub fn import_dump_into(config: &StoreConfig, dir: &Path) -> Result<DumpSummary> {
         let header = read_header(dir)?;
-        let store = Store::open_config_with(config, &header.store.space, header.store.transform)?;
+        let store = Store::open_config(config, &header.store.space)?;
         let summary = store.import_dump(dir)?;
         store.close();
         Ok(summary)
@@ -267,14 +262,22 @@ fn export_points(c: &dyn Collection, path: &Path) -> Result<usize> {
 }
 
 /// Reads `path` and upserts its points into `c`, checking each line; returns how many.
+/// Imports one point file into `c` of `store`; the index vectors `index_names` are recomputed
+/// from `hessian` with the store's transform.
 fn import_points(
-    c: &dyn Collection,
+    store: &Store,
+    kind: Kind,
     path: &Path,
     expected: usize,
-    dimension: usize,
     names: &[&str],
+    index_names: &[&str],
     check_payload: impl Fn(Value) -> serde_json::Result<()>,
 ) -> Result<usize> {
+    let dimension = store.space().dimension;
+    let c = match kind {
+        Kind::Tasks => store.tasks(),
+        Kind::Experts => store.experts(),
+    };
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let bad = |line: usize, what: String| Error::Dump {
         path: PathBuf::from(format!("{}:{line}", path.display())),
@@ -300,6 +303,10 @@ fn import_points(
                     format!("vector `{name}` is not base64 of f32 values"),
                 )
             })?;
+            if index_names.contains(&name.as_str()) {
+                // Derived data: recomputed below with this store's transform.
+                continue;
+            }
             if v.len() != dimension {
                 return Err(bad(
                     i + 1,
@@ -311,6 +318,15 @@ fn import_points(
             }
             vectors.insert(name.clone(), v);
         }
+        let hessian = vectors
+            .get(HESSIAN)
+            .ok_or_else(|| bad(i + 1, "has no `hessian` vector".into()))?;
+        let index_vector = store
+            .index_vector(hessian)
+            .map_err(|e| bad(i + 1, e.to_string()))?;
+        for name in index_names {
+            vectors.insert(name.to_string(), index_vector.clone());
+        }
         check_payload(Value::Object(line.payload.clone()))
             .map_err(|e| bad(i + 1, format!("payload does not parse: {e}")))?;
         batch.push(Point {
@@ -321,10 +337,13 @@ fn import_points(
         n += 1;
         if batch.len() == BATCH {
             c.upsert(std::mem::take(&mut batch))?;
+            store.wrote(kind, BATCH)?;
         }
     }
     if !batch.is_empty() {
+        let len = batch.len();
         c.upsert(batch)?;
+        store.wrote(kind, len)?;
     }
     if n != expected {
         return Err(Error::Dump {

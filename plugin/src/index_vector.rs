@@ -26,15 +26,34 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, Result};
+use task2vec::embedding::LayoutEntry;
+
+use crate::{Error, Result, VectorSpace};
 
 /// How a Fisher vector becomes the vector Qdrant indexes under cosine similarity.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum IndexTransform {
+    /// The default: the centred log-vector `x` of [`IndexTransform::CenteredLog`] in a short
+    /// form with (to sketch precision) the same dot products. For every module `k` of the
+    /// layout (its `n_k` values at `offset_k`) one coordinate `√n_k · m_k`, with `m_k` the
+    /// mean of `x` over the module; then `sketch_dim` coordinates, a count sketch of the
+    /// within-module deviations `x_i − m_k`: coordinate `i` adds `± (x_i − m_k)` to bucket
+    /// `b(i)` ([`sketch_slot`]). Length: modules + `sketch_dim`. The module part carries the
+    /// layer-level shape of the task exactly; the sketch keeps every filter's deviation at the
+    /// cost of sampling noise in the dot product (standard deviation about `|u||v|/√sketch_dim`
+    /// of the deviations), which is why the exact re-rank follows.
+    LayeredSketch {
+        /// The floor relative to the mean positive entry, as in `CenteredLog`.
+        floor_rel: f32,
+        /// Buckets of the count sketch.
+        sketch_dim: usize,
+    },
     /// `x_i = ln(max(h_i, floor)) − mean_j ln(max(h_j, floor))`, with
     /// `floor = floor_rel · mean of the positive entries of h`. The floor keeps exact zeros
-    /// (a few hundred per EfficientNet-Lite0 embedding) finite and bounds their weight.
+    /// (a few hundred per EfficientNet-Lite0 embedding) finite and bounds their weight. As long
+    /// as the Fisher vector (42,016 numbers for the default probe): stores made before the
+    /// layered sketch use it.
     CenteredLog {
         /// The floor relative to the mean positive entry.
         floor_rel: f32,
@@ -45,19 +64,82 @@ pub enum IndexTransform {
 
 impl Default for IndexTransform {
     fn default() -> Self {
-        IndexTransform::CenteredLog { floor_rel: 1e-4 }
+        IndexTransform::LayeredSketch {
+            floor_rel: 1e-4,
+            sketch_dim: 4096,
+        }
     }
 }
 
 impl IndexTransform {
-    /// The index vector of the Fisher vector `hessian` (finite, non-negative, not all zero, as
-    /// [`crate::VectorSpace::check`] ensures).
+    /// Length of the index vectors of `space`.
+    pub fn len(&self, space: &VectorSpace) -> usize {
+        match *self {
+            IndexTransform::LayeredSketch { sketch_dim, .. } => {
+                modules(&space.layout, space.dimension).len() + sketch_dim
+            }
+            IndexTransform::CenteredLog { .. } | IndexTransform::Sqrt => space.dimension,
+        }
+    }
+
+    /// Whether the index vectors are as long as the Fisher vectors (the older transforms):
+    /// such stores keep an int8 quantized copy in RAM instead of the f32 vectors.
+    pub fn is_full_length(&self) -> bool {
+        !matches!(self, IndexTransform::LayeredSketch { .. })
+    }
+
+    /// Checks the transform's parameters.
+    ///
+    /// Errors: [`Error::Mismatch`] for a floor that is not a positive finite number or a
+    /// sketch of no buckets.
+    pub fn validate(&self) -> Result<()> {
+        let floor = match *self {
+            IndexTransform::LayeredSketch {
+                floor_rel,
+                sketch_dim,
+            } => {
+                if sketch_dim == 0 {
+                    return Err(Error::Mismatch(
+                        "index transform: sketch_dim must be at least 1".into(),
+                    ));
+                }
+                floor_rel
+            }
+            IndexTransform::CenteredLog { floor_rel } => floor_rel,
+            IndexTransform::Sqrt => return Ok(()),
+        };
+        if !(floor.is_finite() && floor > 0.0) {
+            return Err(Error::Mismatch(format!(
+                "index transform: floor_rel must be a positive number, not {floor}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The index vector of the Fisher vector `hessian` of `space` (finite, non-negative, not
+    /// all zero, as [`crate::VectorSpace::check`] ensures).
     ///
     /// Errors: [`Error::Mismatch`] when the result has no direction (all entries equal under
-    /// `CenteredLog`, which a real embedding never gives), since a zero vector has no cosine.
-    pub fn apply(&self, hessian: &[f32]) -> Result<Vec<f32>> {
+    /// the log transforms, which a real embedding never gives), since a zero vector has no
+    /// cosine.
+    pub fn apply(&self, hessian: &[f32], space: &VectorSpace) -> Result<Vec<f32>> {
+        self.index(hessian, &space.layout)
+    }
+
+    fn index(&self, hessian: &[f32], layout: &[LayoutEntry]) -> Result<Vec<f32>> {
         let out = match *self {
-            IndexTransform::CenteredLog { floor_rel } => centered_log(hessian, floor_rel),
+            IndexTransform::LayeredSketch {
+                floor_rel,
+                sketch_dim,
+            } => layered_sketch(
+                &centered_log(hessian, floor_rel),
+                &modules(layout, hessian.len()),
+                sketch_dim,
+            ),
+            IndexTransform::CenteredLog { floor_rel } => centered_log(hessian, floor_rel)
+                .into_iter()
+                .map(|x| x as f32)
+                .collect(),
             IndexTransform::Sqrt => hessian.iter().map(|&h| h.max(0.0).sqrt()).collect(),
         };
         let norm2: f64 = out.iter().map(|&x| f64::from(x) * f64::from(x)).sum();
@@ -71,7 +153,55 @@ impl IndexTransform {
     }
 }
 
-fn centered_log(hessian: &[f32], floor_rel: f32) -> Vec<f32> {
+/// The bucket and sign of coordinate `i` in a count sketch of `sketch_dim` buckets: the
+/// SplitMix64 output `z` for the state `(i + 1) · 0x9E3779B97F4A7C15` (mod 2⁶⁴); the bucket
+/// is `(z >> 1) mod sketch_dim`, the sign `+1` when `z` is even, else `−1`. Written out in
+/// docs/schema.md so other languages can build query vectors.
+pub fn sketch_slot(i: usize, sketch_dim: usize) -> (usize, f64) {
+    let mut z = (i as u64)
+        .wrapping_add(1)
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    let sign = if z & 1 == 0 { 1.0 } else { -1.0 };
+    ((z >> 1) as usize % sketch_dim, sign)
+}
+
+/// The `(offset, length)` of every module, in layout order, when the layout tiles the vector
+/// exactly; otherwise (no layout, gaps or overlaps) the whole vector as one module.
+fn modules(layout: &[LayoutEntry], dimension: usize) -> Vec<(usize, usize)> {
+    let mut parts: Vec<(usize, usize)> = layout.iter().map(|e| (e.offset, e.n_filters)).collect();
+    parts.sort_unstable();
+    let mut next = 0;
+    let tiles = parts.iter().all(|&(offset, len)| {
+        let ok = offset == next && len > 0;
+        next = offset + len;
+        ok
+    }) && next == dimension;
+    if tiles && !parts.is_empty() {
+        parts
+    } else {
+        vec![(0, dimension)]
+    }
+}
+
+fn layered_sketch(x: &[f64], modules: &[(usize, usize)], sketch_dim: usize) -> Vec<f32> {
+    let mut out = vec![0.0_f64; modules.len() + sketch_dim];
+    let (means, sketch) = out.split_at_mut(modules.len());
+    for (k, &(offset, len)) in modules.iter().enumerate() {
+        let part = &x[offset..offset + len];
+        let mean = part.iter().sum::<f64>() / len as f64;
+        means[k] = mean * (len as f64).sqrt();
+        for (j, &v) in part.iter().enumerate() {
+            let (bucket, sign) = sketch_slot(offset + j, sketch_dim);
+            sketch[bucket] += sign * (v - mean);
+        }
+    }
+    out.into_iter().map(|v| v as f32).collect()
+}
+
+fn centered_log(hessian: &[f32], floor_rel: f32) -> Vec<f64> {
     let (sum, count) = hessian
         .iter()
         .filter(|&&h| h > 0.0)
@@ -83,34 +213,110 @@ fn centered_log(hessian: &[f32], floor_rel: f32) -> Vec<f32> {
         .map(|&h| f64::from(h).max(floor).ln())
         .collect();
     let mean = logs.iter().sum::<f64>() / logs.len().max(1) as f64;
-    logs.iter().map(|&l| (l - mean) as f32).collect()
+    logs.iter().map(|&l| l - mean).collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn dot(a: &[f32], b: &[f32]) -> f64 {
+        a.iter()
+            .zip(b)
+            .map(|(&x, &y)| f64::from(x) * f64::from(y))
+            .sum()
+    }
+
     #[test]
     fn centered_log_is_scale_invariant_and_centred() {
         let h = [1.0_f32, 2.0, 4.0, 0.0, 8.0];
-        let t = IndexTransform::default();
-        let a = t.apply(&h).expect("transform");
+        let a = centered_log(&h, 1e-4);
         let scaled: Vec<f32> = h.iter().map(|x| x * 1000.0).collect();
-        let b = t.apply(&scaled).expect("transform");
+        let b = centered_log(&scaled, 1e-4);
         for (x, y) in a.iter().zip(&b) {
             assert!((x - y).abs() < 1e-4, "{x} vs {y}");
         }
-        let mean: f32 = a.iter().sum::<f32>() / a.len() as f32;
-        assert!(mean.abs() < 1e-5);
+        let mean: f64 = a.iter().sum::<f64>() / a.len() as f64;
+        assert!(mean.abs() < 1e-9);
         // Doubling steps are ln 2 apart; the zero sits at the floor, far below.
-        assert!((a[1] - a[0] - std::f32::consts::LN_2).abs() < 1e-5);
+        assert!((a[1] - a[0] - std::f64::consts::LN_2).abs() < 1e-6);
         assert!(a[3] < a[0] - 5.0);
     }
 
     #[test]
+    fn the_module_part_carries_piecewise_constant_vectors_exactly() {
+        // Constant within each module: the sketch part is zero and the dot product is exact.
+        let parts = [(0, 3), (3, 5), (8, 2)];
+        let x: Vec<f64> = [1.0, 1.0, 1.0, -2.0, -2.0, -2.0, -2.0, -2.0, 0.5, 0.5].to_vec();
+        let y: Vec<f64> = [3.0, 3.0, 3.0, 1.0, 1.0, 1.0, 1.0, 1.0, -4.0, -4.0].to_vec();
+        let (lx, ly) = (
+            layered_sketch(&x, &parts, 16),
+            layered_sketch(&y, &parts, 16),
+        );
+        assert_eq!(lx.len(), 3 + 16);
+        assert!(lx[3..].iter().all(|&v| v == 0.0));
+        let exact: f64 = x.iter().zip(&y).map(|(a, b)| a * b).sum();
+        assert!(
+            (dot(&lx, &ly) - exact).abs() < 1e-5,
+            "{} vs {exact}",
+            dot(&lx, &ly)
+        );
+    }
+
+    #[test]
+    fn the_sketch_keeps_dot_products_of_within_module_deviations() {
+        // Pseudo-random vectors, two modules; with many more buckets than coordinates the
+        // count sketch has few collisions and the dot product is nearly exact.
+        let n = 2000;
+        let wave = |i: usize, f: f64| ((i as f64) * f).sin() + 0.3 * ((i * i) as f64 * 0.01).cos();
+        let x: Vec<f64> = (0..n).map(|i| wave(i, 0.37)).collect();
+        let y: Vec<f64> = (0..n)
+            .map(|i| wave(i, 0.37) + 0.5 * wave(i, 1.91))
+            .collect();
+        let parts = [(0, 1200), (1200, 800)];
+        let (lx, ly) = (
+            layered_sketch(&x, &parts, 200_000),
+            layered_sketch(&y, &parts, 200_000),
+        );
+        let exact: f64 = x.iter().zip(&y).map(|(a, b)| a * b).sum();
+        let rel = (dot(&lx, &ly) - exact).abs() / exact.abs();
+        assert!(
+            rel < 0.01,
+            "sketched dot {} vs exact {exact}",
+            dot(&lx, &ly)
+        );
+        // Norms (dot with itself) too.
+        let exact_xx: f64 = x.iter().map(|a| a * a).sum();
+        assert!((dot(&lx, &lx) - exact_xx).abs() / exact_xx < 0.01);
+    }
+
+    #[test]
+    fn sketch_slots_are_the_documented_splitmix64() {
+        // Values of the formula in docs/schema.md, computed independently (Python).
+        assert_eq!(sketch_slot(0, 4096), (1751, -1.0));
+        assert_eq!(sketch_slot(1, 4096), (762, 1.0));
+        assert_eq!(sketch_slot(42015, 4096), (179, 1.0));
+        let buckets: std::collections::HashSet<usize> =
+            (0..50_000).map(|i| sketch_slot(i, 4096).0).collect();
+        assert_eq!(buckets.len(), 4096, "every bucket is used");
+    }
+
+    #[test]
+    fn a_layout_that_does_not_tile_the_vector_is_one_module() {
+        assert_eq!(modules(&[], 7), vec![(0, 7)]);
+    }
+
+    #[test]
     fn a_vector_without_direction_is_refused() {
-        let t = IndexTransform::default();
-        assert!(matches!(t.apply(&[3.0, 3.0, 3.0]), Err(Error::Mismatch(_))));
-        assert!(IndexTransform::Sqrt.apply(&[3.0, 3.0]).is_ok());
+        for t in [
+            IndexTransform::default(),
+            IndexTransform::CenteredLog { floor_rel: 1e-4 },
+        ] {
+            assert!(matches!(
+                t.index(&[3.0, 3.0, 3.0], &[]),
+                Err(Error::Mismatch(_))
+            ));
+        }
+        assert!(IndexTransform::Sqrt.index(&[3.0, 3.0], &[]).is_ok());
     }
 }

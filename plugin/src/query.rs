@@ -95,7 +95,7 @@ impl Store {
                 options.alpha
             )));
         }
-        let index = self.transform().apply(&target.hessian)?;
+        let index = self.index_vector(&target.hessian)?;
         let c = self.experts();
         let hits = self.shortlist_with_d_sym(
             c,
@@ -170,7 +170,7 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<Hit>> {
         self.space().check(target)?;
-        let index = self.transform().apply(&target.hessian)?;
+        let index = self.index_vector(&target.hessian)?;
         let hits = self.experts().formula(&FormulaQuery {
             prefetch: Nearest {
                 using: MODEL2VEC,

@@ -132,7 +132,7 @@ impl Store {
             &meta.probe.weights_sha256,
             target.estimator(),
         );
-        let index = self.transform().apply(&target.hessian)?;
+        let index = self.index_vector(&target.hessian)?;
         let c = self.tasks();
         let hits = self.shortlist_with_d_sym(
             c,

@@ -18,14 +18,15 @@
 //! also `model2vec`), the raw Fisher vector `hessian` for the exact re-rank, the raw `scale`
 //! when it is not all ones, and a JSON payload (see [`crate::record`] and docs/schema.md).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{PoisonError, RwLock};
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use task2vec::distance::d_sym;
+use task2vec::distance::{d_sym, d_sym_fast};
 use task2vec::embedding::{Embedding, EmbeddingMeta};
 use task2vec::fisher::Estimator;
 use uuid::Uuid;
@@ -87,6 +88,16 @@ const EXPERT_INDEXES: &[IndexedField] = &[
     },
 ];
 
+/// The store's two collections.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Kind {
+    Tasks,
+    Experts,
+}
+
+/// Points written to a collection after which the write that reaches the count optimises it
+/// ([`Store::optimize`]): ≈ 0.9 GB of vectors with the default probe.
+pub const AUTO_OPTIMIZE_WRITES: usize = 5_000;
 /// Points re-read at once when complexities are recomputed.
 const RECOMPUTE_BATCH: usize = 64;
 const MANIFEST_FORMAT: &str = "task2vec-qdrant-store";
@@ -142,6 +153,11 @@ pub struct Store {
     experts: Box<dyn Collection>,
     /// The hessian of the trivial embedding t0, once known.
     trivial: RwLock<Option<Vec<f32>>>,
+    /// Points written to tasks / experts since either was last optimised
+    /// ([`AUTO_OPTIMIZE_WRITES`]).
+    unindexed: [AtomicUsize; 2],
+    /// Optimise a collection after this many written points (0: never by itself).
+    auto_optimize: AtomicUsize,
     // Dropped last (fields drop in order): the engine files are flushed and closed before the
     // folder's lock goes.
     location: Location,
@@ -216,6 +232,7 @@ impl Store {
                         "cannot create a store for vectors of dimension 0".into(),
                     ));
                 }
+                transform.validate()?;
                 let m = Manifest::new(space, transform);
                 location.create(&m)?;
                 m
@@ -260,20 +277,28 @@ impl Store {
             name,
             size: n,
             indexed: false,
+            quantized: false,
         };
         let index = |name| VectorSpec {
             name,
-            size: n,
+            size: manifest.transform.len(&manifest.space),
             indexed: true,
+            quantized: manifest.transform.is_full_length(),
         };
+        // Qdrant allocates every named vector for every point of a segment, so `scale` exists
+        // only where it is used (variational stores): elsewhere it would double the disk.
+        let raws: Vec<VectorSpec> = raw_vectors(&manifest.space)
+            .iter()
+            .map(|&name| raw(name))
+            .collect();
         let tasks = location.open_collection(
             TASKS,
-            &[index(TASK2VEC), raw(HESSIAN), raw(SCALE)],
+            &[&[index(TASK2VEC)][..], &raws].concat(),
             TASK_INDEXES,
         )?;
         let experts = location.open_collection(
             EXPERTS,
-            &[index(TASK2VEC), index(MODEL2VEC), raw(HESSIAN), raw(SCALE)],
+            &[&[index(TASK2VEC), index(MODEL2VEC)][..], &raws].concat(),
             EXPERT_INDEXES,
         )?;
         let trivial = location.read_trivial(&manifest.space)?.map(|t| t.hessian);
@@ -282,6 +307,8 @@ impl Store {
             tasks,
             experts,
             trivial: RwLock::new(trivial),
+            unindexed: [AtomicUsize::new(0), AtomicUsize::new(0)],
+            auto_optimize: AtomicUsize::new(AUTO_OPTIMIZE_WRITES),
             location,
         })
     }
@@ -299,6 +326,11 @@ impl Store {
     /// The transform from a Fisher vector to the index vector.
     pub fn transform(&self) -> IndexTransform {
         self.manifest.transform
+    }
+
+    /// The index vector of a Fisher vector of this store's space.
+    pub fn index_vector(&self, hessian: &[f32]) -> Result<Vec<f32>> {
+        self.manifest.transform.apply(hessian, &self.manifest.space)
     }
 
     pub(crate) fn manifest(&self) -> &Manifest {
@@ -344,7 +376,7 @@ impl Store {
             complexity: self.complexity(&embedding.hessian, &embedding.scale)?,
             meta: without_layout(meta),
         };
-        let index = self.manifest.transform.apply(&embedding.hessian)?;
+        let index = self.index_vector(&embedding.hessian)?;
         let mut vectors = BTreeMap::from([
             (TASK2VEC.to_string(), index),
             (HESSIAN.to_string(), embedding.hessian.clone()),
@@ -357,6 +389,7 @@ impl Store {
             vectors,
             payload: to_payload(&payload)?,
         }])?;
+        self.wrote(Kind::Tasks, 1)?;
         Ok(id)
     }
 
@@ -447,7 +480,7 @@ impl Store {
             complexity: self.complexity(&trained_on.hessian, &trained_on.scale)?,
             meta: without_layout(meta),
         };
-        let index = self.manifest.transform.apply(&trained_on.hessian)?;
+        let index = self.index_vector(&trained_on.hessian)?;
         let mut vectors = BTreeMap::from([
             (TASK2VEC.to_string(), index.clone()),
             (MODEL2VEC.to_string(), index),
@@ -461,6 +494,7 @@ impl Store {
             vectors,
             payload: to_payload(&payload)?,
         }])?;
+        self.wrote(Kind::Experts, 1)?;
         Ok(id)
     }
 
@@ -584,7 +618,7 @@ impl Store {
             .map(|p| p.id)
             .collect();
         for chunk in ids.chunks(RECOMPUTE_BATCH) {
-            for point in c.retrieve(chunk, WithVectors::Only(&[HESSIAN, SCALE]))? {
+            for point in c.retrieve(chunk, WithVectors::Only(raw_vectors(self.space())))? {
                 let hessian = self.dense(c, &point, HESSIAN)?;
                 let scale = match self.dense(c, &point, SCALE) {
                     Ok(s) => s.to_vec(),
@@ -600,11 +634,39 @@ impl Store {
     }
 
     /// Builds the HNSW indexes of both collections of an embedded store (blocking; Qdrant Edge
-    /// never does it by itself, and until then every search scans all vectors). A server
-    /// optimises by itself: nothing to do.
+    /// never does it by itself, and until then every search scans all vectors), then reclaims
+    /// the write-ahead log's space (Qdrant Edge never truncates it; it is also compacted when
+    /// the store is opened). A server optimises by itself: nothing to do.
     pub fn optimize(&self) -> Result<()> {
         self.tasks.optimize()?;
+        self.unindexed[0].store(0, Ordering::Relaxed);
         self.experts.optimize()?;
+        self.unindexed[1].store(0, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Optimise a collection by itself after every `points` written to it
+    /// ([`AUTO_OPTIMIZE_WRITES`] by default); `0` leaves it to [`Store::optimize`] calls (a
+    /// bulk loader that optimises once at the end, with the disk space that needs).
+    pub fn set_auto_optimize(&self, points: usize) {
+        self.auto_optimize.store(points, Ordering::Relaxed);
+    }
+
+    /// Counts points written to a collection; every [`AUTO_OPTIMIZE_WRITES`] points, optimises it
+    /// (blocking this write for the time it takes: seconds). Qdrant Edge leaves new points in
+    /// one growing segment, searched without a graph, until someone optimises, and optimising
+    /// a segment needs free disk of about twice its size: indexing as the store grows keeps
+    /// searches fast and segments small whoever writes (the daemon, `t2v zoo add`, a program).
+    pub(crate) fn wrote(&self, kind: Kind, points: usize) -> Result<()> {
+        let (c, unindexed) = match kind {
+            Kind::Tasks => (self.tasks(), &self.unindexed[0]),
+            Kind::Experts => (self.experts(), &self.unindexed[1]),
+        };
+        let every = self.auto_optimize.load(Ordering::Relaxed);
+        if every > 0 && unindexed.fetch_add(points, Ordering::Relaxed) + points >= every {
+            unindexed.store(0, Ordering::Relaxed);
+            c.optimize()?;
+        }
         Ok(())
     }
 
@@ -632,6 +694,14 @@ impl Store {
 
     pub(crate) fn check_task_embedding(&self, embedding: &Embedding) -> Result<()> {
         self.space().check(embedding)?;
+        if has_scale(embedding) && self.space().estimator != Estimator::Variational {
+            return Err(Error::Mismatch(format!(
+                "the {} embedding of `{}` has a scale that is not all ones: only variational \
+                 embeddings have one",
+                self.space().estimator_name(),
+                embedding.meta.dataset.path
+            )));
+        }
         if embedding.meta.settings.random_labels {
             return Err(Error::Mismatch(format!(
                 "the embedding of `{}` was made with random labels: it is a trivial embedding, \
@@ -676,23 +746,39 @@ impl Store {
     }
 
     /// The cosine shortlist of `query` in `c`, each hit with its exact `d_sym` to `target`
-    /// computed on the raw `hessian` vectors (on every core, without copying them): the
-    /// prefetch + exact re-rank that `select` and `similar` share.
+    /// computed on the raw `hessian` vectors: the prefetch + exact re-rank that `select` and
+    /// `similar` share. The search returns ids and payloads only; the raw vectors are then read
+    /// and compared in one chunk per core, so reading them (the engine copies 168 kB per point
+    /// out of its storage) runs in parallel too. A hit deleted between the search and the read
+    /// is left out.
     pub(crate) fn shortlist_with_d_sym(
         &self,
         c: &dyn Collection,
         query: &Nearest,
         target: &Embedding,
     ) -> Result<Vec<(Scored, f64)>> {
-        let hits = c.search(query, WithVectors::Only(&[HESSIAN]))?;
-        let distances: Vec<f64> = hits
-            .iter()
-            .map(|hit| self.dense(c, &hit.point, HESSIAN))
+        let hits = c.search(query, WithVectors::No)?;
+        let ids: Vec<Uuid> = hits.iter().map(|h| h.point.id).collect();
+        let chunk = ids.len().div_ceil(rayon::current_num_threads()).max(1);
+        let distances: HashMap<Uuid, f64> = ids
+            .par_chunks(chunk)
+            .map(|ids| {
+                c.retrieve(ids, WithVectors::Only(&[HESSIAN]))?
+                    .iter()
+                    .map(|p| {
+                        let h = self.dense(c, p, HESSIAN)?;
+                        Ok((p.id, d_sym_fast(h, &target.hessian)?))
+                    })
+                    .collect::<Result<Vec<_>>>()
+            })
             .collect::<Result<Vec<_>>>()?
-            .into_par_iter()
-            .map(|h| d_sym(h, &target.hessian))
-            .collect::<std::result::Result<_, _>>()?;
-        Ok(hits.into_iter().zip(distances).collect())
+            .into_iter()
+            .flatten()
+            .collect();
+        Ok(hits
+            .into_iter()
+            .filter_map(|hit| distances.get(&hit.point.id).map(|&d| (hit, d)))
+            .collect())
     }
 
     /// The dense vector `name` of a point read with its vectors.
@@ -731,6 +817,16 @@ fn delete(c: &dyn Collection, id: Uuid) -> Result<bool> {
         c.delete(&[id])?;
     }
     Ok(existed)
+}
+
+/// The raw vectors the collections of `space` hold: `hessian`, and `scale` for variational
+/// stores.
+pub(crate) fn raw_vectors(space: &VectorSpace) -> &'static [&'static str] {
+    if space.estimator == Estimator::Variational {
+        &[HESSIAN, SCALE]
+    } else {
+        &[HESSIAN]
+    }
 }
 
 /// Whether the scale differs from all ones (variational embeddings), so must be stored.

@@ -216,3 +216,42 @@ fn a_dump_of_another_space_or_a_damaged_dump_is_refused() {
         other => panic!("expected a dump error, got {other:?}"),
     }
 }
+
+#[test]
+fn a_store_with_the_older_full_length_index_migrates_to_the_layered_sketch() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let full = task2vec_qdrant::IndexTransform::CenteredLog { floor_rel: 1e-4 };
+    let old = Store::open_with(&root.path().join("old"), &space(), full).expect("old store");
+    fill(&old);
+    let options = SelectOptions {
+        alpha: 0.15,
+        prefetch: 10,
+        limit: 4,
+    };
+    let target = embedding("target", perturbed(2, 0.25, 99));
+    let before = old.select_experts(&target, &options).expect("select");
+    let dump = root.path().join("dump");
+    old.export_dump(&dump).expect("export");
+    old.close();
+
+    let summary = Store::import_dump_into(&embedded(&root.path().join("new")), &dump)
+        .expect("import into a new store");
+    assert_eq!((summary.tasks, summary.experts), (6, 4));
+    let new = Store::open_existing(&root.path().join("new")).expect("open");
+    assert_eq!(new.transform(), task2vec_qdrant::IndexTransform::default());
+    let after = new.select_experts(&target, &options).expect("select");
+    // The exact re-rank sees the same raw vectors: same experts, same distances.
+    assert_eq!(before.len(), after.len());
+    for (b, a) in before.iter().zip(&after) {
+        assert_eq!(b.key, a.key);
+        assert_eq!(b.d_asym, a.d_asym);
+    }
+    let task = new.list_tasks().expect("list")[0].id;
+    let stored = new.get_task(task).expect("get").expect("task");
+    assert_eq!(
+        new.index_vector(&stored.embedding.hessian)
+            .expect("index")
+            .len(),
+        space().layout.len() + 4096
+    );
+}

@@ -85,7 +85,7 @@ fn the_curl_and_python_examples_rank_as_the_store_does() {
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
     for q in 0..3 {
         let target = embedding("target", common::random_mixture(&mut rng, 900 + q));
-        let index = store.transform().apply(&target.hessian).expect("index");
+        let index = store.index_vector(&target.hessian).expect("index");
         let vector_file = dir.path().join(format!("target{q}.json"));
         std::fs::write(&vector_file, serde_json::to_string(&index).expect("json"))
             .expect("write vector");

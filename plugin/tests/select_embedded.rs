@@ -124,7 +124,6 @@ fn the_formula_query_scores_cosine_plus_alpha_complexity() {
     }
     store.set_trivial(&trivial_embedding()).expect("trivial");
     let alpha = 0.15_f32;
-    let t = store.transform();
 
     let mut top1_agree = 0;
     let targets = 8;
@@ -134,10 +133,10 @@ fn the_formula_query_scores_cosine_plus_alpha_complexity() {
             .rank_experts_by_formula(&target, 24, alpha, 24)
             .expect("formula query");
         assert_eq!(hits.len(), 24, "every prefetched expert is re-scored");
-        let qv = unit(t.apply(&target.hessian).expect("index"));
+        let qv = unit(store.index_vector(&target.hessian).expect("index"));
         for h in &hits {
             let e = store.get_expert(h.id).expect("get").expect("expert");
-            let ev = unit(t.apply(&e.trained_on.hessian).expect("index"));
+            let ev = unit(store.index_vector(&e.trained_on.hessian).expect("index"));
             let cos: f64 = qv.iter().zip(&ev).map(|(a, b)| a * b).sum();
             let complexity =
                 d_sym(&e.trained_on.hessian, &store.trivial().expect("t0")).expect("d_sym");

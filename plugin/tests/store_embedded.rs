@@ -67,40 +67,169 @@ fn task_round_trip_is_exact() {
     assert!(store.get_task(uuid::Uuid::nil()).expect("get").is_none());
 }
 
-#[test]
-fn index_vectors_are_quantized_and_raw_vectors_stay_on_disk() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    Store::open(dir.path(), &space())
-        .expect("create store")
-        .close();
+/// The named vectors of `collection` as Qdrant Edge recorded them.
+fn edge_vectors(dir: &std::path::Path, collection: &str) -> serde_json::Value {
+    let path = dir.join(collection).join("edge_config.json");
+    let text = std::fs::read_to_string(&path).expect("edge config");
+    let config: serde_json::Value = serde_json::from_str(&text).expect("edge config JSON");
+    config["vectors"].clone()
+}
+
+/// Calls `check` with every index vector's engine parameters (`collection.name` first), after
+/// checking the raw vectors of both collections.
+fn for_each_index_vector(dir: &std::path::Path, check: impl Fn(&str, &serde_json::Value)) {
     for (collection, index_vectors) in [
         ("tasks", &["task2vec"][..]),
         ("experts", &["task2vec", "model2vec"][..]),
     ] {
-        let path = dir.path().join(collection).join("edge_config.json");
-        let text = std::fs::read_to_string(&path).expect("edge config");
-        let config: serde_json::Value = serde_json::from_str(&text).expect("edge config JSON");
-        let vectors = &config["vectors"];
+        let vectors = edge_vectors(dir, collection);
+        assert_raw_vectors_on_disk(&vectors, collection);
         for name in index_vectors {
-            let v = &vectors[name];
-            assert_eq!(v["size"], 42016, "{collection}.{name}");
-            assert_eq!(v["distance"], "Cosine", "{collection}.{name}");
-            assert_eq!(v["on_disk"], true, "{collection}.{name}");
-            let q = &v["quantization_config"]["scalar"];
-            assert_eq!(q["type"], "int8", "{collection}.{name}: {v}");
-            assert_eq!(q["always_ram"], true, "{collection}.{name}: {v}");
-        }
-        for name in ["hessian", "scale"] {
-            let v = &vectors[name];
-            assert_eq!(v["distance"], "Dot", "{collection}.{name}");
-            assert_eq!(v["on_disk"], true, "{collection}.{name}");
-            assert_eq!(v["hnsw_config"]["m"], 0, "{collection}.{name}: {v}");
-            assert!(
-                v.get("quantization_config").is_none(),
-                "{collection}.{name}: {v}"
-            );
+            check(&format!("{collection}.{name}"), &vectors[name]);
         }
     }
+}
+
+fn assert_raw_vectors_on_disk(vectors: &serde_json::Value, collection: &str) {
+    // `scale` only in variational stores: Qdrant would allocate it for every point.
+    assert!(vectors.get("scale").is_none(), "{collection}: {vectors}");
+    let v = &vectors["hessian"];
+    assert_eq!(v["size"], 42016, "{collection}.hessian");
+    assert_eq!(v["distance"], "Dot", "{collection}.hessian");
+    assert_eq!(v["on_disk"], true, "{collection}.hessian");
+    assert_eq!(v["hnsw_config"]["m"], 0, "{collection}.hessian: {v}");
+    assert!(
+        v.get("quantization_config").is_none(),
+        "{collection}.hessian: {v}"
+    );
+}
+
+#[test]
+fn short_index_vectors_stay_in_ram_and_raw_vectors_on_disk() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Store::open(dir.path(), &space()).expect("create store");
+    let len = store.transform().len(&space());
+    // One coordinate per layout module plus the sketch.
+    assert_eq!(len, space().layout.len() + 4096);
+    let e = fixture_embedding(2);
+    assert_eq!(store.index_vector(&e.hessian).expect("index").len(), len);
+    store.close();
+    for_each_index_vector(dir.path(), |at, v| {
+        assert_eq!(v["size"], len, "{at}");
+        assert_eq!(v["distance"], "Cosine", "{at}");
+        assert_eq!(v["on_disk"], false, "{at}");
+        assert!(v.get("quantization_config").is_none(), "{at}: {v}");
+    });
+}
+
+#[test]
+fn full_length_index_vectors_of_older_stores_stay_quantized() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let full = IndexTransform::CenteredLog { floor_rel: 1e-4 };
+    Store::open_with(dir.path(), &space(), full)
+        .expect("create store")
+        .close();
+    let store = Store::open_existing(dir.path()).expect("reopen");
+    assert_eq!(store.transform(), full, "the manifest keeps the transform");
+    store.close();
+    for_each_index_vector(dir.path(), |at, v| {
+        assert_eq!(v["size"], 42016, "{at}");
+        assert_eq!(v["on_disk"], true, "{at}");
+        let q = &v["quantization_config"]["scalar"];
+        assert_eq!(q["type"], "int8", "{at}: {v}");
+        assert_eq!(q["always_ram"], true, "{at}: {v}");
+    });
+}
+
+#[test]
+fn an_invalid_transform_is_refused_at_creation() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let bad = IndexTransform::LayeredSketch {
+        floor_rel: 1e-4,
+        sketch_dim: 0,
+    };
+    let m = mismatch_message(Store::open_with(dir.path(), &space(), bad).map(|_| ()));
+    assert!(m.contains("sketch_dim"), "{m}");
+    assert!(!dir.path().join("store.json").exists(), "nothing created");
+}
+
+/// `closed-*` files in a collection's write-ahead log folder.
+fn closed_wal_segments(dir: &std::path::Path, collection: &str) -> usize {
+    std::fs::read_dir(dir.join(collection).join("wal"))
+        .expect("wal folder")
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_name().to_string_lossy().starts_with("closed-"))
+        })
+        .count()
+}
+
+#[test]
+fn reopening_or_optimizing_compacts_the_write_ahead_log_and_later_writes_persist() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let base = fixture_embedding(0);
+    // ≈ 190 kB of log per task: 32 MiB log segments close every ≈ 170 tasks.
+    let n = 420;
+    let fill = |store: &Store, from: usize| -> Vec<uuid::Uuid> {
+        (from..from + n)
+            .map(|i| {
+                let e = embedding(&format!("wal-{i}"), base.hessian.clone());
+                store.upsert_task(&e, &Tags::new()).expect("upsert")
+            })
+            .collect()
+    };
+    let ids = {
+        let store = Store::open(dir.path(), &space()).expect("create store");
+        let ids = fill(&store, 0);
+        store.close();
+        ids
+    };
+    assert!(
+        closed_wal_segments(dir.path(), "tasks") >= 2,
+        "the log grew past two segments"
+    );
+    {
+        let store = Store::open_existing(dir.path()).expect("reopen");
+        assert_eq!(
+            closed_wal_segments(dir.path(), "tasks"),
+            1,
+            "compacted on open"
+        );
+        assert_eq!(store.count_tasks().expect("count"), n);
+        // Operation numbers continue after the compaction: a re-upsert replaces the point.
+        let e = embedding("wal-7", perturbed(1, 0.3, 7));
+        let id = store
+            .upsert_task(&e, &tags(&[("round", "2")]))
+            .expect("upsert after compaction");
+        assert_eq!(id, ids[7]);
+        // While the store stays open, optimize() compacts too.
+        fill(&store, n);
+        assert!(closed_wal_segments(dir.path(), "tasks") >= 2);
+        store.optimize().expect("optimize");
+        assert_eq!(
+            closed_wal_segments(dir.path(), "tasks"),
+            1,
+            "compacted in place"
+        );
+        store
+            .upsert_task(
+                &embedding("wal-8", perturbed(2, 0.3, 8)),
+                &tags(&[("round", "3")]),
+            )
+            .expect("upsert after optimize");
+        assert_eq!(store.count_tasks().expect("count"), 2 * n);
+        store.close();
+    }
+    let store = Store::open_existing(dir.path()).expect("reopen again");
+    assert_eq!(store.count_tasks().expect("count"), 2 * n);
+    let back = store.get_task(ids[7]).expect("get").expect("kept");
+    assert_eq!(back.tags, tags(&[("round", "2")]));
+    assert_eq!(back.embedding.hessian, perturbed(1, 0.3, 7));
+    let back = store.get_task(ids[8]).expect("get").expect("kept");
+    assert_eq!(back.tags, tags(&[("round", "3")]));
+    assert_eq!(back.embedding.hessian, perturbed(2, 0.3, 8));
+    let first = store.get_task(ids[0]).expect("get").expect("kept");
+    assert_eq!(first.embedding.hessian, base.hessian);
 }
 
 #[test]
@@ -118,6 +247,18 @@ fn variational_scale_round_trips() {
     let back = store.get_task(id).expect("get").expect("stored");
     assert_eq!(back.embedding.scale, e.scale);
     assert_eq!(back.embedding, e);
+    store.close();
+    let scale = &edge_vectors(dir.path(), "tasks")["scale"];
+    assert_eq!(scale["size"], 42016, "{scale}");
+    assert_eq!(scale["on_disk"], true, "{scale}");
+
+    // A Monte-Carlo store refuses an embedding that carries a scale.
+    let mc = tempfile::tempdir().expect("temp dir");
+    let store = Store::open(mc.path(), &space()).expect("create store");
+    let mut odd = fixture_embedding(1);
+    odd.scale[0] = 2.0;
+    let m = mismatch_message(store.upsert_task(&odd, &Tags::new()));
+    assert!(m.contains("only variational"), "{m}");
 }
 
 #[test]
@@ -422,4 +563,42 @@ fn a_store_open_elsewhere_is_refused() {
         Err(Error::Store { what, .. }) => assert!(what.contains("not a store"), "{what}"),
         other => panic!("expected not-a-store, got {:?}", other.map(|_| ())),
     }
+}
+
+/// Segments of `collection` with an HNSW graph on `task2vec` (built by an optimisation).
+fn indexed_segments(dir: &std::path::Path, collection: &str) -> usize {
+    std::fs::read_dir(dir.join(collection).join("segments"))
+        .expect("segments folder")
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().join("vector_index-task2vec").is_dir())
+        })
+        .count()
+}
+
+#[test]
+fn the_store_indexes_by_itself_every_so_many_writes() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Store::open(dir.path(), &space()).expect("create store");
+    store.set_auto_optimize(100);
+    let base = fixture_embedding(3);
+    let write = |i: usize| {
+        let e = embedding(&format!("auto-{i}"), base.hessian.clone());
+        store.upsert_task(&e, &Tags::new()).expect("upsert");
+    };
+    (0..99).for_each(write);
+    store.flush();
+    assert_eq!(indexed_segments(dir.path(), "tasks"), 0, "not yet");
+    write(99);
+    assert_eq!(
+        indexed_segments(dir.path(), "tasks"),
+        1,
+        "the 100th write indexed"
+    );
+    assert_eq!(store.count_tasks().expect("count"), 100);
+    // Off: nothing happens by itself.
+    store.set_auto_optimize(0);
+    (100..250).for_each(write);
+    assert_eq!(indexed_segments(dir.path(), "tasks"), 1);
+    assert_eq!(store.count_tasks().expect("count"), 250);
 }

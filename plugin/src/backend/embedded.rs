@@ -10,16 +10,17 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, TryLockError};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{PoisonError, RwLock, RwLockReadGuard};
 
 use qdrant_edge::external::ordered_float::OrderedFloat;
 use qdrant_edge::{
-    CountRequest, CreateIndex, Distance, EdgeConfig, EdgeShard, EdgeVectorParams, Expression,
-    FieldCondition, FieldIndexOperations, Formula, HnswIndexConfig, JsonPath, Match, NamedQuery,
-    PayloadFieldSchema, PayloadOps, PayloadSchemaType, PointId, PointInsertOperations,
-    PointOperations, PointStruct, Prefetch, QuantizationConfig, QuantizationSearchParams,
-    QueryEnum, QueryRequest, Range, ScalarQuantizationConfig, ScalarType, ScoredPoint,
-    ScoringQuery, ScrollRequest, SearchParams, SetPayloadOp, UpdateOperation, VectorInternal,
-    VectorStructInternal, Vectors, WithPayloadInterface, WithVector,
+    CountRequest, CreateIndex, Distance, EdgeConfig, EdgeOptimizersConfig, EdgeShard,
+    EdgeVectorParams, Expression, FieldCondition, FieldIndexOperations, Formula, HnswIndexConfig,
+    JsonPath, Match, NamedQuery, PayloadFieldSchema, PayloadOps, PayloadSchemaType, PointId,
+    PointInsertOperations, PointOperations, PointStruct, Prefetch, QuantizationConfig,
+    QuantizationSearchParams, QueryEnum, QueryRequest, Range, ScalarQuantizationConfig, ScalarType,
+    ScoredPoint, ScoringQuery, ScrollRequest, SearchParams, SetPayloadOp, UpdateOperation,
+    VectorInternal, VectorStructInternal, Vectors, WithPayloadInterface, WithVector,
 };
 use task2vec::embedding::Embedding;
 use uuid::Uuid;
@@ -33,6 +34,8 @@ use crate::{Error, Result, VectorSpace};
 
 /// The file Qdrant Edge writes its shard configuration to; its presence marks a shard folder.
 const EDGE_CONFIG_FILE: &str = "edge_config.json";
+/// The shard's write-ahead log folder (Qdrant Edge's layout).
+const WAL_DIR: &str = "wal";
 /// The manifest of an embedded store.
 pub(crate) const MANIFEST_FILE: &str = "store.json";
 const LOCK_FILE: &str = "store.lock";
@@ -147,9 +150,64 @@ fn lock(dir: &Path) -> Result<File> {
     }
 }
 
+/// Deletes the write-ahead log's closed segments but the newest, before the shard is loaded.
+///
+/// Qdrant Edge 0.7.2 appends every update to its WAL (`wal/closed-<first index>` and
+/// `wal/open-<n>` files) but never reads it back (`EdgeShard::load` restores the segments
+/// only; what was not flushed to them is lost, which is why the store flushes on close) and
+/// never truncates it: left alone, the log grows by every vector ever written (≈ 170 kB per
+/// task with the default probe). Deleting the oldest closed segments is what the log's own
+/// prefix truncation does when Qdrant acknowledges an index, keeping the newest closed segment
+/// so that operation numbers continue where they were (the segments skip operations numbered
+/// below what they hold). Runs with the store's lock held, before the shard opens its log.
+fn compact_wal(dir: &Path) -> Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(dir, e)),
+    };
+    let mut closed: Vec<(u64, PathBuf)> = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        let name = entry.file_name();
+        let Some(start) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("closed-"))
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        closed.push((start, entry.path()));
+    }
+    closed.sort_unstable();
+    closed.pop(); // the newest closed segment stays
+    for (_, path) in closed {
+        std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+    }
+    Ok(())
+}
+
+/// The largest segment `optimize()` builds by merging, in kB of vector data (raw vectors
+/// included): 4 GiB, about 21,000 default-probe experts. Qdrant Edge's default (256 MB per
+/// indexing thread) would leave a 100,000-expert store in ≈ 70 segments, each searched
+/// separately; a merge needs free disk of about twice its output.
+const MAX_SEGMENT_KB: usize = 4 << 20;
+
+fn optimizers() -> EdgeOptimizersConfig {
+    EdgeOptimizersConfig {
+        max_segment_size: Some(MAX_SEGMENT_KB),
+        ..EdgeOptimizersConfig::default()
+    }
+}
+
 /// Engine parameters of a named vector.
 fn vector_params(v: &VectorSpec) -> EdgeVectorParams {
-    if v.indexed {
+    if v.indexed && !v.quantized {
+        // The short index vector: f32 in RAM, searched through the HNSW graph.
+        EdgeVectorParams::builder(v.size, Distance::Cosine)
+            .on_disk(false)
+            .build()
+    } else if v.indexed {
         EdgeVectorParams::builder(v.size, Distance::Cosine)
             .on_disk(true)
             .quantization_config(int8_in_ram())
@@ -178,8 +236,9 @@ fn int8_in_ram() -> QuantizationConfig {
 }
 
 /// Search on the quantized vectors, re-scoring the candidates with the originals.
-fn rescored() -> SearchParams {
+fn rescored(limit: usize) -> SearchParams {
     SearchParams {
+        hnsw_ef: Some(super::search_ef(limit)),
         quantization: Some(QuantizationSearchParams {
             ignore: false,
             rescore: Some(true),
@@ -200,7 +259,24 @@ fn distance(v: &VectorSpec) -> Distance {
 /// A named Qdrant Edge shard.
 pub(crate) struct EdgeCollection {
     name: &'static str,
-    shard: EdgeShard,
+    path: PathBuf,
+    /// `None` only when reopening after a write-ahead log compaction failed (every operation
+    /// then says so).
+    shard: RwLock<Option<EdgeShard>>,
+}
+
+/// Read access to an open shard ([`EdgeCollection::shard`] checked that there is one, and the
+/// lock held keeps it there).
+struct OpenShard<'a>(RwLockReadGuard<'a, Option<EdgeShard>>);
+
+impl std::ops::Deref for OpenShard<'_> {
+    type Target = EdgeShard;
+
+    fn deref(&self) -> &EdgeShard {
+        self.0
+            .as_ref()
+            .expect("EdgeCollection::shard returns only open shards")
+    }
 }
 
 impl EdgeCollection {
@@ -216,8 +292,15 @@ impl EdgeCollection {
         indexes: &[IndexedField],
     ) -> Result<Self> {
         let shard = if path.join(EDGE_CONFIG_FILE).is_file() {
+            compact_wal(&path.join(WAL_DIR))?;
             let shard = EdgeShard::load(path, None).map_err(|e| engine(name, "open", e))?;
             check_config(path, &shard.config(), vectors)?;
+            if shard.config().optimizers != optimizers() {
+                // Stores made before the segment cap: apply it (persisted in edge_config.json).
+                shard
+                    .set_optimizers_config(optimizers())
+                    .map_err(|e| engine(name, "set optimizer limits", e))?;
+            }
             shard
         } else {
             std::fs::create_dir_all(path).map_err(|e| Error::io(path, e))?;
@@ -226,16 +309,48 @@ impl EdgeCollection {
                 .fold(EdgeConfig::builder(), |b, v| {
                     b.vector(v.name, vector_params(v))
                 })
+                .optimizers(optimizers())
                 .build();
             EdgeShard::new(path, config).map_err(|e| engine(name, "create", e))?
         };
-        let c = EdgeCollection { name, shard };
+        let c = EdgeCollection {
+            name,
+            path: path.to_path_buf(),
+            shard: RwLock::new(Some(shard)),
+        };
         c.ensure_indexes(indexes)?;
         Ok(c)
     }
 
+    /// The open shard.
+    ///
+    /// Errors: [`Error::Store`] when a reopen after compaction failed.
+    fn shard(&self) -> Result<OpenShard<'_>> {
+        let guard = self.shard.read().unwrap_or_else(PoisonError::into_inner);
+        if guard.is_none() {
+            return Err(Error::store(
+                self.path.display().to_string(),
+                "this collection failed to reopen after compacting its write-ahead log; \
+                 open the store again",
+            ));
+        }
+        Ok(OpenShard(guard))
+    }
+
+    /// Closes the shard (flushing it), deletes its log's old segments and opens it again: the
+    /// only way to reclaim the log's space while the store stays open (Qdrant Edge never
+    /// truncates its log; [`compact_wal`]).
+    fn compact(&self) -> Result<()> {
+        let mut slot = self.shard.write().unwrap_or_else(PoisonError::into_inner);
+        drop(slot.take()); // flushes
+        compact_wal(&self.path.join(WAL_DIR))?;
+        *slot =
+            Some(EdgeShard::load(&self.path, None).map_err(|e| engine(self.name, "reopen", e))?);
+        Ok(())
+    }
+
     fn ensure_indexes(&self, indexes: &[IndexedField]) -> Result<()> {
-        let existing = self.shard.info().payload_schema;
+        let existing = self.shard()?.info().payload_schema;
         for field in indexes {
             let path = json_path(self.name, field.key)?;
             if existing.contains_key(&path) {
@@ -245,7 +360,7 @@ impl EdgeCollection {
                 FieldKind::Keyword => PayloadSchemaType::Keyword,
                 FieldKind::Integer => PayloadSchemaType::Integer,
             };
-            self.shard
+            self.shard()?
                 .update(UpdateOperation::FieldIndexOperation(
                     FieldIndexOperations::CreateIndex(CreateIndex {
                         field_name: path,
@@ -340,7 +455,7 @@ impl Collection for EdgeCollection {
                 .into()
             })
             .collect();
-        self.shard
+        self.shard()?
             .update(UpdateOperation::PointOperation(
                 PointOperations::UpsertPoints(PointInsertOperations::PointsList(points)),
             ))
@@ -348,7 +463,7 @@ impl Collection for EdgeCollection {
     }
 
     fn set_payload(&self, id: Uuid, payload: Payload) -> Result<()> {
-        self.shard
+        self.shard()?
             .update(UpdateOperation::PayloadOperation(PayloadOps::SetPayload(
                 SetPayloadOp {
                     payload: qdrant_edge::Payload(payload.into_iter().collect()),
@@ -361,7 +476,7 @@ impl Collection for EdgeCollection {
     }
 
     fn delete(&self, ids: &[Uuid]) -> Result<()> {
-        self.shard
+        self.shard()?
             .update(UpdateOperation::PointOperation(
                 PointOperations::DeletePoints {
                     ids: ids.iter().map(|&id| PointId::Uuid(id)).collect(),
@@ -372,7 +487,7 @@ impl Collection for EdgeCollection {
 
     fn retrieve(&self, ids: &[Uuid], vectors: WithVectors) -> Result<Vec<Point>> {
         let ids: Vec<PointId> = ids.iter().map(|&id| PointId::Uuid(id)).collect();
-        self.shard
+        self.shard()?
             .retrieve(
                 &ids,
                 Some(WithPayloadInterface::Bool(true)),
@@ -392,7 +507,7 @@ impl Collection for EdgeCollection {
         limit: usize,
     ) -> Result<(Vec<Point>, Option<Uuid>)> {
         let (page, next) = self
-            .shard
+            .shard()?
             .scroll(ScrollRequest {
                 offset: offset.map(PointId::Uuid),
                 limit: Some(limit),
@@ -421,7 +536,7 @@ impl Collection for EdgeCollection {
     }
 
     fn count(&self) -> Result<usize> {
-        self.shard
+        self.shard()?
             .count(CountRequest {
                 filter: None,
                 exact: true,
@@ -431,7 +546,7 @@ impl Collection for EdgeCollection {
 
     fn search(&self, query: &Nearest, vectors: WithVectors) -> Result<Vec<Scored>> {
         let hits = self
-            .shard
+            .shard()?
             .query(QueryRequest {
                 prefetches: Vec::new(),
                 query: Some(nearest(query)),
@@ -439,7 +554,7 @@ impl Collection for EdgeCollection {
                 score_threshold: None,
                 limit: query.limit,
                 offset: 0,
-                params: Some(rescored()),
+                params: Some(rescored(query.limit)),
                 with_vector: with_vector(vectors),
                 with_payload: WithPayloadInterface::Bool(true),
             })
@@ -463,13 +578,13 @@ impl Collection for EdgeCollection {
             .map_err(|e| engine(self.name, "parse formula", e))?;
         let p = &query.prefetch;
         let hits = self
-            .shard
+            .shard()?
             .query(QueryRequest {
                 prefetches: vec![Prefetch {
                     prefetches: Vec::new(),
                     query: Some(nearest(p)),
                     limit: p.limit,
-                    params: Some(rescored()),
+                    params: Some(rescored(p.limit)),
                     filter: edge_filter(self.name, &p.filter)?,
                     score_threshold: None,
                 }],
@@ -487,14 +602,21 @@ impl Collection for EdgeCollection {
     }
 
     fn optimize(&self) -> Result<()> {
-        self.shard
+        self.shard()?
             .optimize()
-            .map(|_| ())
-            .map_err(|e| engine(self.name, "optimize", e))
+            .map_err(|e| engine(self.name, "optimize", e))?;
+        self.compact()
     }
 
     fn flush(&self) {
-        self.shard.flush();
+        if let Some(shard) = self
+            .shard
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
+            shard.flush();
+        }
     }
 }
 

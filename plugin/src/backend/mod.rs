@@ -50,6 +50,13 @@ pub(crate) struct Scored {
     pub score: f32,
 }
 
+/// The HNSW beam width (`ef`) of a search for the `limit` nearest points: a little wider than
+/// the result so that the graph walk does not cut the prefetch short (measured in
+/// BENCHMARKS.md, "Expert selection").
+pub(crate) fn search_ef(limit: usize) -> usize {
+    (limit + limit / 4).max(128)
+}
+
 /// One named dense vector of a collection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct VectorSpec {
@@ -57,10 +64,13 @@ pub(crate) struct VectorSpec {
     pub name: &'static str,
     /// Its length.
     pub size: usize,
-    /// `true`: an index vector, searched by cosine (HNSW graph, int8 scalar quantization kept
-    /// in RAM, full-precision originals on disk for rescoring). `false`: a raw vector read by id
-    /// only for the exact re-rank (dot distance, on disk, no graph).
+    /// `true`: an index vector, searched by cosine (HNSW graph). `false`: a raw vector read by
+    /// id only for the exact re-rank (dot distance, on disk, no graph).
     pub indexed: bool,
+    /// For an index vector: `true` keeps an int8 scalar quantized copy in RAM and the
+    /// full-precision originals on disk for rescoring (the full-length transforms); `false`
+    /// keeps the f32 vectors themselves in RAM (the short layered sketch).
+    pub quantized: bool,
 }
 
 /// The type of a payload index.

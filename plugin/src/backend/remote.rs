@@ -139,7 +139,10 @@ impl Client {
     }
 
     fn vector_params(&self, v: &VectorSpec) -> VectorParamsBuilder {
-        if v.indexed {
+        if v.indexed && !v.quantized {
+            // The short index vector: f32 in RAM, searched through the HNSW graph.
+            VectorParamsBuilder::new(v.size as u64, Distance::Cosine).on_disk(false)
+        } else if v.indexed {
             VectorParamsBuilder::new(v.size as u64, Distance::Cosine)
                 .on_disk(self.config.on_disk)
                 .quantization_config(
@@ -498,6 +501,7 @@ fn meta_vectors(dimension: usize) -> [VectorSpec; 2] {
         name,
         size: dimension,
         indexed: false,
+        quantized: false,
     })
 }
 
@@ -614,7 +618,7 @@ impl Collection for RemoteCollection {
             .query(Query::new_nearest(query.vector.clone()))
             .using(query.using)
             .limit(query.limit as u64)
-            .params(rescored())
+            .params(rescored(query.limit))
             .with_payload(true)
             .with_vectors(selector(vectors));
         if let Some(f) = remote_filter(&query.filter) {
@@ -636,7 +640,7 @@ impl Collection for RemoteCollection {
             .query(Query::new_nearest(p.vector.clone()))
             .using(p.using)
             .limit(p.limit as u64)
-            .params(rescored());
+            .params(rescored(p.limit));
         if let Some(f) = remote_filter(&p.filter) {
             prefetch = prefetch.filter(f);
         }
@@ -674,12 +678,14 @@ impl Collection for RemoteCollection {
     }
 }
 
-fn rescored() -> SearchParamsBuilder {
-    SearchParamsBuilder::default().quantization(
-        QuantizationSearchParamsBuilder::default()
-            .ignore(false)
-            .rescore(true),
-    )
+fn rescored(limit: usize) -> SearchParamsBuilder {
+    SearchParamsBuilder::default()
+        .hnsw_ef(super::search_ef(limit) as u64)
+        .quantization(
+            QuantizationSearchParamsBuilder::default()
+                .ignore(false)
+                .rescore(true),
+        )
 }
 
 fn selector(v: WithVectors) -> qdrant_client::qdrant::with_vectors_selector::SelectorOptions {
