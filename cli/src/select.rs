@@ -237,7 +237,7 @@ pub fn open_for_query(resolved: &Resolved) -> Result<Source> {
 }
 
 /// The daemon resolves datasets and task ids itself.
-fn daemon_target(target: &Target) -> Result<task2vec_daemon::Target> {
+pub(crate) fn daemon_target(target: &Target) -> Result<task2vec_daemon::Target> {
     Ok(match target {
         Target::Task(id) => task2vec_daemon::Target::TaskId(*id),
         Target::Dataset(p) => task2vec_daemon::Target::Dataset(

@@ -1,13 +1,17 @@
-//! `t2v zoo add|list|rm`: the experts (pretrained models) selection ranks.
+//! `t2v zoo add|list|rm`: the experts (pretrained models) selection ranks. While the daemon
+//! holds the embedded store, each goes through its HTTP API instead.
 
 use std::collections::BTreeMap;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use serde_json::json;
+use task2vec_daemon::DaemonClient;
 use task2vec_qdrant::{Expert, Store};
+use uuid::Uuid;
 
 use crate::probe_args::ProbeArgs;
+use crate::select;
 use crate::store_args::{self, EmbedPlan, StoreArgs, Target};
 use crate::table::Table;
 
@@ -124,9 +128,29 @@ fn add(a: AddArgs) -> Result<()> {
     };
     let resolved = a.store.resolve()?;
     let target = Target::parse(&a.trained_on);
+    let existing = match store_args::existing_store(&resolved.store) {
+        Ok(s) => s,
+        Err(e) if store_args::is_locked(&e) => {
+            let client = daemon_client(&resolved)?;
+            let added = client.add_expert(&expert, &select::daemon_target(&target)?)?;
+            if added.trivial_added {
+                eprintln!("the daemon stored the trivial embedding (random labels) too");
+            }
+            println!(
+                "expert {} ({}) trained on {} stored as point {} by the daemon at {}",
+                expert.key,
+                expert.name,
+                added.trained_on.dataset,
+                added.id,
+                client.base_url()
+            );
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
     let (embedding, trivial, store) = match target {
         Target::Task(id) => {
-            let store = store_args::open_existing(&resolved.store)?;
+            let store = existing.context("there is no store yet: it holds no task")?;
             let task = store
                 .get_task(id)?
                 .with_context(|| format!("no stored task with id {id}"))?;
@@ -134,11 +158,13 @@ fn add(a: AddArgs) -> Result<()> {
         }
         Target::File(path) => {
             let e = store_args::load_embedding(&path)?;
-            let store = store_args::open_for(&resolved.store, &e)?;
+            let store = match existing {
+                Some(s) => s,
+                None => store_args::open_for(&resolved.store, &e)?,
+            };
             (e, None, store)
         }
         Target::Dataset(path) => {
-            let existing = store_args::existing_store(&resolved.store)?;
             let plan = EmbedPlan::new(existing.as_ref(), &a.probe, &resolved.embedding)?;
             let need_trivial = existing.as_ref().is_none_or(|s| s.trivial().is_none());
             let (e, t) = plan.embed(&path, need_trivial)?;
@@ -167,10 +193,27 @@ fn add(a: AddArgs) -> Result<()> {
     Ok(())
 }
 
+/// The client of the daemon that holds the store.
+fn daemon_client(resolved: &store_args::Resolved) -> Result<DaemonClient> {
+    let addr = resolved
+        .daemon
+        .clone()
+        .context("the store is in use by another process and no daemon is configured")?;
+    eprintln!("the store is held by the daemon: asking it at {addr}");
+    Ok(DaemonClient::new(addr))
+}
+
 fn list(a: ListArgs) -> Result<()> {
     let resolved = a.store.resolve()?;
-    let store = store_args::open_existing(&resolved.store)?;
-    let experts = store.list_experts()?;
+    let experts: Vec<(Uuid, Expert)> = match store_args::open_existing(&resolved.store) {
+        Ok(store) => store.list_experts()?,
+        Err(e) if store_args::is_locked(&e) => daemon_client(&resolved)?
+            .experts()?
+            .into_iter()
+            .map(|i| (i.point_id, i.expert))
+            .collect(),
+        Err(e) => return Err(e),
+    };
     if a.json {
         let v: Vec<_> = experts
             .iter()
@@ -212,16 +255,33 @@ fn join_pairs<'a>(pairs: impl Iterator<Item = (&'a String, String)>) -> String {
 
 fn rm(a: RmArgs) -> Result<()> {
     let resolved = a.store.resolve()?;
-    let store: Store = store_args::open_existing(&resolved.store)?;
     let mut missing = Vec::new();
-    for key in &a.ids {
-        if store.delete_expert(store.expert_id(key))? {
-            println!("removed expert {key}");
-        } else {
-            missing.push(key.as_str());
+    match store_args::open_existing(&resolved.store) {
+        Ok(store) => {
+            let store: Store = store;
+            for key in &a.ids {
+                if store.delete_expert(store.expert_id(key))? {
+                    println!("removed expert {key}");
+                } else {
+                    missing.push(key.as_str());
+                }
+            }
+            store.flush();
         }
+        Err(e) if store_args::is_locked(&e) => {
+            let client = daemon_client(&resolved)?;
+            for key in &a.ids {
+                match client.remove_expert(key) {
+                    Ok(_) => println!("removed expert {key}"),
+                    Err(task2vec_daemon::Error::Client {
+                        status: Some(404), ..
+                    }) => missing.push(key.as_str()),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        Err(e) => return Err(e),
     }
-    store.flush();
     if !missing.is_empty() {
         bail!("no expert with id {}", missing.join(", "));
     }

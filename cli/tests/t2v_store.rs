@@ -421,9 +421,52 @@ fn datasets_dropped_into_the_watched_folder_appear_in_t2v_similar() {
     // Selection goes through the daemon too.
     let ranked = env.json(&["select", &digits, "--json"]);
     assert_eq!(ranked["experts"][0]["key"], "digit-expert", "{ranked}");
-    // So does listing; writes are refused with a clear message.
+    // So does listing.
     let listed = env.json(&["tasks", "list", "--json"]);
     assert_eq!(listed.as_array().map(Vec::len), Some(2), "{listed}");
+    // The zoo is written through the daemon: an expert trained on a stored task (found by its
+    // dataset) and one on a dataset the daemon embeds for the occasion.
+    let shoes = watched.join("shoes").to_string_lossy().into_owned();
+    env.ok(&["zoo", "add", "--id", "shoe-expert", "--trained-on", &shoes]);
+    cut(
+        &PathBuf::from(FASHION),
+        &[0, 2, 4],
+        20,
+        &env.dir.join("zoo-tops"),
+    );
+    let out = env.ok(&[
+        "zoo",
+        "add",
+        "--id",
+        "top-expert",
+        "--trained-on",
+        &env.path("zoo-tops"),
+    ]);
+    assert!(out.contains("by the daemon"), "{out}");
+    let zoo = env.json(&["zoo", "list", "--json"]);
+    let keys: Vec<&str> = zoo
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|e| e["id"].as_str())
+        .collect();
+    assert_eq!(keys.len(), 3, "{zoo}");
+    for k in ["digit-expert", "shoe-expert", "top-expert"] {
+        assert!(keys.contains(&k), "{k} in {zoo}");
+    }
+    let ranked = env.json(&["select", &shoes, "--json"]);
+    assert_eq!(ranked["experts"][0]["key"], "shoe-expert", "{ranked}");
+    env.ok(&["zoo", "rm", "top-expert"]);
+    let out = env.t2v(&["zoo", "rm", "no-such-expert"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("no expert with id no-such-expert"));
+    assert_eq!(
+        env.json(&["zoo", "list", "--json"])
+            .as_array()
+            .map(Vec::len),
+        Some(2)
+    );
+    // Task writes are refused with a clear message.
     let out = env.t2v(&["tasks", "rm", &digits]);
     assert!(!out.status.success());
     assert!(

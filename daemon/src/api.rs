@@ -9,7 +9,11 @@
 //! | `GET /api/tasks` | `[`[`TaskInfo`]`]`: every stored task |
 //! | `GET /api/similar?task_id=ID\|dataset=PATH&limit=&prefetch=&min_samples=&min_classes=&tag=k:v` | [`SimilarResponse`] |
 //! | `GET /api/select?task_id=ID\|dataset=PATH&alpha=&limit=&prefetch=` | [`SelectResponse`] |
+//! | `GET /api/experts` | `[`[`ExpertInfo`]`]`: the zoo |
+//! | `POST /api/experts` with an [`AddExpert`] body | [`ExpertAdded`] |
+//! | `DELETE /api/experts/{key}` | [`ExpertRemoved`] (404 when there is no such expert) |
 //!
+//! The expert endpoints are how `t2v zoo` writes while the daemon holds the embedded store.
 //! For `dataset=PATH`, the daemon uses the stored task of that path when there is one, else
 //! embeds the dataset on the fly with its own settings (the answer says which). Errors are
 //! `{"error": "..."}` with status 400 (bad parameters), 404 (unknown task or path), 503
@@ -19,7 +23,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
-use task2vec_qdrant::{RankedExpert, SimilarTask};
+use task2vec_qdrant::{Expert, RankedExpert, SimilarTask};
 use uuid::Uuid;
 
 use crate::state::DatasetStatus;
@@ -140,6 +144,50 @@ pub struct SelectResponse {
     pub target: Resolved,
     /// Best first.
     pub results: Vec<RankedExpert>,
+}
+
+/// `POST /api/experts`: an expert and the task it was trained on, a stored task or a dataset
+/// (its stored task when the store has it, else embedded now with the daemon's settings).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AddExpert {
+    /// The expert.
+    pub expert: Expert,
+    /// The stored task it was trained on...
+    #[serde(default)]
+    pub task_id: Option<Uuid>,
+    /// ...or the dataset (absolute path).
+    #[serde(default)]
+    pub dataset: Option<PathBuf>,
+}
+
+/// The answer to `POST /api/experts`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExpertAdded {
+    /// The expert's point id.
+    pub id: Uuid,
+    /// How the training task was resolved.
+    pub trained_on: Resolved,
+    /// Whether the store's trivial embedding was computed for this (first) expert, from the
+    /// same dataset with random labels.
+    pub trivial_added: bool,
+}
+
+/// An expert as listed (`GET /api/experts`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExpertInfo {
+    /// Its point id.
+    pub point_id: Uuid,
+    /// The expert.
+    pub expert: Expert,
+}
+
+/// The answer to `DELETE /api/experts/{key}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExpertRemoved {
+    /// The key removed.
+    pub key: String,
+    /// Its point id.
+    pub point_id: Uuid,
 }
 
 /// An error answer.

@@ -1,14 +1,17 @@
-//! A blocking client of a running daemon's HTTP API, for `t2v similar` / `t2v select` while
-//! the daemon owns the embedded store (only one process may open it).
+//! A blocking client of a running daemon's HTTP API, for `t2v similar`, `t2v select`,
+//! `t2v tasks list` and `t2v zoo` while the daemon owns the embedded store (only one process
+//! may open it).
 
 use std::path::Path;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
+use task2vec_qdrant::Expert;
+
 use crate::api::{
-    target_pairs, ErrorBody, Health, SelectParams, SelectResponse, SimilarParams, SimilarResponse,
-    StatusReport, Target, TaskInfo,
+    target_pairs, AddExpert, ErrorBody, ExpertAdded, ExpertInfo, ExpertRemoved, Health,
+    SelectParams, SelectResponse, SimilarParams, SimilarResponse, StatusReport, Target, TaskInfo,
 };
 use crate::config::DaemonConfig;
 use crate::{Error, Result};
@@ -111,17 +114,64 @@ impl DaemonClient {
         self.get_json("/api/select", &q)
     }
 
+    /// `GET /api/experts`: the zoo.
+    pub fn experts(&self) -> Result<Vec<ExpertInfo>> {
+        self.get_json("/api/experts", &[])
+    }
+
+    /// `POST /api/experts`: stores an expert trained on a stored task or a dataset (a
+    /// relative path is made absolute first); the daemon embeds the dataset if it must.
+    pub fn add_expert(&self, expert: &Expert, trained_on: &Target) -> Result<ExpertAdded> {
+        let (task_id, dataset) = match trained_on {
+            Target::TaskId(id) => (Some(*id), None),
+            Target::Dataset(p) => (
+                None,
+                Some(std::path::absolute(p).map_err(|e| Error::io(p.as_path(), e))?),
+            ),
+        };
+        let body = AddExpert {
+            expert: expert.clone(),
+            task_id,
+            dataset,
+        };
+        let url = format!("{}/api/experts", self.base);
+        let resp = self.agent.post(&url).send_json(&body);
+        read_json(&url, checked(&url, resp)?)
+    }
+
+    /// `DELETE /api/experts/{key}`.
+    pub fn remove_expert(&self, key: &str) -> Result<ExpertRemoved> {
+        let url = format!("{}/api/experts/{}", self.base, url_segment(key));
+        let resp = self.agent.delete(&url).call();
+        read_json(&url, checked(&url, resp)?)
+    }
+
     fn call(
         &self,
         url: &str,
         query: &[(String, String)],
     ) -> Result<ureq::http::Response<ureq::Body>> {
-        let mut resp = self
+        let resp = self
             .agent
             .get(url)
             .query_pairs(query.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .call()
-            .map_err(|e| client_error(url, None, format!("unreachable: {e}")))?;
+            .call();
+        checked(url, resp)
+    }
+
+    fn get_json<T: DeserializeOwned>(&self, path: &str, query: &[(String, String)]) -> Result<T> {
+        let url = format!("{}{path}", self.base);
+        read_json(&url, self.call(&url, query)?)
+    }
+}
+
+/// The answer, or its error (`{"error": ...}` for a status of 400 and above).
+fn checked(
+    url: &str,
+    resp: std::result::Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+) -> Result<ureq::http::Response<ureq::Body>> {
+    {
+        let mut resp = resp.map_err(|e| client_error(url, None, format!("unreachable: {e}")))?;
         let status = resp.status().as_u16();
         if status >= 400 {
             let message = match resp.body_mut().read_json::<ErrorBody>() {
@@ -132,16 +182,29 @@ impl DaemonClient {
         }
         Ok(resp)
     }
+}
 
-    fn get_json<T: DeserializeOwned>(&self, path: &str, query: &[(String, String)]) -> Result<T> {
-        let url = format!("{}{path}", self.base);
-        let mut resp = self.call(&url, query)?;
-        resp.body_mut()
-            .with_config()
-            .limit(u64::MAX)
-            .read_json()
-            .map_err(|e| client_error(&url, None, format!("unexpected answer: {e}")))
-    }
+fn read_json<T: DeserializeOwned>(
+    url: &str,
+    mut resp: ureq::http::Response<ureq::Body>,
+) -> Result<T> {
+    resp.body_mut()
+        .with_config()
+        .limit(u64::MAX)
+        .read_json()
+        .map_err(|e| client_error(url, None, format!("unexpected answer: {e}")))
+}
+
+/// `key` as one URL path segment (percent-encoding everything but unreserved characters).
+fn url_segment(key: &str) -> String {
+    key.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 fn client_error(url: &str, status: Option<u16>, message: String) -> Error {

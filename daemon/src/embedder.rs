@@ -116,4 +116,16 @@ impl Embedder {
             },
         ))
     }
+
+    /// The trivial embedding (random labels) of the dataset at `uri`, with the same settings.
+    pub fn embed_trivial(&self, dataset: &Dataset, uri: &str) -> task2vec::Result<Embedding> {
+        let mut t = task2vec::pipeline::embed_trivial(
+            dataset,
+            self.probe.as_ref(),
+            &self.settings,
+            &mut |_| {},
+        )?;
+        t.meta.dataset.path = uri.to_string();
+        Ok(t)
+    }
 }

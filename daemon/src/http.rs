@@ -8,20 +8,23 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{RawQuery, State};
+use axum::extract::{Path as UrlPath, RawQuery, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{delete, get};
 use axum::{Json, Router};
 use task2vec::embedding::Embedding;
-use task2vec_qdrant::{Error as StoreError, SelectOptions, SimilarOptions, Store, TaskFilter};
+use task2vec::fisher::Estimator;
+use task2vec_qdrant::{
+    Error as StoreError, SelectOptions, SimilarOptions, Store, TaskFilter, VectorSpace,
+};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::api::{
-    ErrorBody, Health, Resolved, SelectResponse, SimilarResponse, StatusReport, StoreStatus,
-    TaskInfo,
+    AddExpert, ErrorBody, ExpertAdded, ExpertInfo, ExpertRemoved, Health, Resolved, SelectResponse,
+    SimilarResponse, StatusReport, StoreStatus, TaskInfo,
 };
 use crate::discover;
 use crate::indexer::{uri_of, Shared};
@@ -40,6 +43,8 @@ pub(crate) async fn serve(
         .route("/api/tasks", get(tasks))
         .route("/api/similar", get(similar))
         .route("/api/select", get(select))
+        .route("/api/experts", get(experts).post(add_expert))
+        .route("/api/experts/{key}", delete(remove_expert))
         .with_state(shared);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
@@ -119,15 +124,22 @@ async fn store_of(shared: &Arc<Shared>) -> Result<Option<Arc<Store>>, ApiError> 
         .map_err(from_store)
 }
 
-async fn tasks(State(shared): State<Arc<Shared>>) -> Result<Json<Vec<TaskInfo>>, ApiError> {
-    let Some(store) = store_of(&shared).await? else {
-        return Ok(Json(Vec::new()));
+/// `list` of the open store (off the runtime), or nothing when there is no store yet.
+async fn listing<T: Send + 'static>(
+    shared: &Arc<Shared>,
+    list: impl FnOnce(&Store) -> Result<Vec<T>, StoreError> + Send + 'static,
+) -> Result<Vec<T>, ApiError> {
+    let Some(store) = store_of(shared).await? else {
+        return Ok(Vec::new());
     };
-    let list = tokio::task::spawn_blocking(move || store.list_tasks())
+    tokio::task::spawn_blocking(move || list(&store))
         .await
         .map_err(internal)?
-        .map_err(from_store)?;
-    Ok(Json(list))
+        .map_err(from_store)
+}
+
+async fn tasks(State(shared): State<Arc<Shared>>) -> Result<Json<Vec<TaskInfo>>, ApiError> {
+    Ok(Json(listing(&shared, Store::list_tasks).await?))
 }
 
 /// The query string's pairs, refusing unknown names.
@@ -262,6 +274,25 @@ async fn dataset_uri(path: &Path) -> Result<String, ApiError> {
 
 /// Embeds the dataset at `uri` for a query, in one of the daemon's embedding permits.
 async fn embed_now(shared: &Arc<Shared>, uri: &str) -> Result<(Embedding, f64), ApiError> {
+    let started = Instant::now();
+    let (embedding, _) = with_dataset(shared, uri, |s, dataset, u| {
+        s.embedder.embed(dataset, u, s.metrics.images.inner())
+    })
+    .await?
+    .map_err(|e| bad_request(format!("cannot embed {uri}: {e}")))?;
+    Ok((embedding, started.elapsed().as_secs_f64()))
+}
+
+/// Opens the dataset at `uri` and runs `work` on it off the runtime, in one of the daemon's
+/// embedding permits. The outer error is the API's (shutting down, a panicked task); the inner
+/// one `work`'s or the dataset's.
+async fn with_dataset<T: Send + 'static>(
+    shared: &Arc<Shared>,
+    uri: &str,
+    work: impl FnOnce(&Shared, &task2vec::dataset::Dataset, &str) -> task2vec::Result<T>
+        + Send
+        + 'static,
+) -> Result<task2vec::Result<T>, ApiError> {
     let _permit = shared.permits.acquire().await.map_err(|_| {
         ApiError(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -269,17 +300,12 @@ async fn embed_now(shared: &Arc<Shared>, uri: &str) -> Result<(Embedding, f64), 
         )
     })?;
     let (s, u) = (shared.clone(), uri.to_string());
-    let started = Instant::now();
-    let result = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         let dataset = discover::open_dataset(&PathBuf::from(&u))?;
-        s.embedder.embed(&dataset, &u, s.metrics.images.inner())
+        work(&s, &dataset, &u)
     })
     .await
-    .map_err(internal)?;
-    match result {
-        Ok((embedding, _)) => Ok((embedding, started.elapsed().as_secs_f64())),
-        Err(e) => Err(bad_request(format!("cannot embed {uri}: {e}"))),
-    }
+    .map_err(internal)
 }
 
 async fn similar(
@@ -373,4 +399,120 @@ async fn select(
         target,
         results: ranked,
     }))
+}
+
+async fn experts(State(shared): State<Arc<Shared>>) -> Result<Json<Vec<ExpertInfo>>, ApiError> {
+    let list = listing(&shared, Store::list_experts).await?;
+    Ok(Json(
+        list.into_iter()
+            .map(|(point_id, expert)| ExpertInfo { point_id, expert })
+            .collect(),
+    ))
+}
+
+/// Stores an expert; the first expert of a store without a trivial embedding also computes
+/// it (the same dataset with random labels), as `t2v zoo add` does.
+async fn add_expert(
+    State(shared): State<Arc<Shared>>,
+    Json(body): Json<AddExpert>,
+) -> Result<Json<ExpertAdded>, ApiError> {
+    let pairs: Vec<(String, String)> = match (&body.task_id, &body.dataset) {
+        (Some(id), None) => vec![("task_id".into(), id.to_string())],
+        (None, Some(p)) => vec![("dataset".into(), p.to_string_lossy().into_owned())],
+        _ => return Err(bad_request("give `task_id` or `dataset` (exactly one)")),
+    };
+    let (resolved, subject, store) = resolve(&shared, &pairs).await?;
+    let embedding = match subject {
+        Subject::Embedded(e) => *e,
+        Subject::Stored(id) => {
+            let s = store
+                .clone()
+                .ok_or_else(|| internal("a stored task without a store"))?;
+            tokio::task::spawn_blocking(move || s.get_task(id))
+                .await
+                .map_err(internal)?
+                .map_err(from_store)?
+                .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no task with id {id}")))?
+                .embedding
+        }
+    };
+    let store = match store {
+        Some(s) => s,
+        None => {
+            let (s, space) = (shared.clone(), VectorSpace::of(&embedding));
+            tokio::task::spawn_blocking(move || s.store.for_write(&space))
+                .await
+                .map_err(internal)?
+                .map_err(from_store)?
+        }
+    };
+    let needs_trivial = store.trivial().is_none()
+        && embedding.meta.settings.fisher.estimator != Estimator::Variational;
+    let trivial = if needs_trivial {
+        let uri = resolved.dataset.clone();
+        Some(embed_trivial_now(&shared, &uri).await?)
+    } else {
+        None
+    };
+    let expert = body.expert;
+    let trivial_added = trivial.is_some();
+    let id = tokio::task::spawn_blocking(move || {
+        if let Some(t) = trivial {
+            store.set_trivial(&t)?;
+        }
+        let id = store.upsert_expert(&expert, &embedding)?;
+        store.flush();
+        Ok::<_, StoreError>(id)
+    })
+    .await
+    .map_err(internal)?
+    .map_err(from_store)?;
+    tracing::info!(%id, dataset = %resolved.dataset, "expert stored through the API");
+    Ok(Json(ExpertAdded {
+        id,
+        trained_on: resolved,
+        trivial_added,
+    }))
+}
+
+/// The trivial embedding of the dataset at `uri` (random labels), in an embedding permit.
+async fn embed_trivial_now(shared: &Arc<Shared>, uri: &str) -> Result<Embedding, ApiError> {
+    with_dataset(shared, uri, |s, dataset, u| {
+        s.embedder.embed_trivial(dataset, u)
+    })
+    .await?
+    .map_err(|e| {
+        bad_request(format!(
+            "cannot compute the trivial embedding from {uri}: {e}"
+        ))
+    })
+}
+
+async fn remove_expert(
+    State(shared): State<Arc<Shared>>,
+    UrlPath(key): UrlPath<String>,
+) -> Result<Json<ExpertRemoved>, ApiError> {
+    let Some(store) = store_of(&shared).await? else {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no expert with id {key}: the store is empty"),
+        ));
+    };
+    let k = key.clone();
+    let (removed, point_id) = tokio::task::spawn_blocking(move || {
+        let id = store.expert_id(&k);
+        let removed = store.delete_expert(id)?;
+        store.flush();
+        Ok::<_, StoreError>((removed, id))
+    })
+    .await
+    .map_err(internal)?
+    .map_err(from_store)?;
+    if !removed {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no expert with id {key}"),
+        ));
+    }
+    Ok(Json(ExpertRemoved { key, point_id }))
 }
