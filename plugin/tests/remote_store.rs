@@ -142,7 +142,7 @@ fn remote_round_trip_reupsert_delete_and_reopen() {
 // server does not know: these are the fields the server fills.
 #[allow(deprecated)]
 fn check_collection_settings(r: &RemoteStore) {
-    use qdrant_client::qdrant::{quantization_config, vectors_config, Distance};
+    use qdrant_client::qdrant::{vectors_config, Distance};
     for (collection, index_vectors, indexed_fields) in [
         (
             "tasks",
@@ -170,26 +170,18 @@ fn check_collection_settings(r: &RemoteStore) {
             panic!("{collection}: named vectors expected");
         };
         for name in index_vectors {
+            // The short index vector (98 modules + a 4,096-bucket sketch), f32 in RAM.
             let v = &map.map[*name];
-            assert_eq!((v.size, v.distance), (42016, Distance::Cosine as i32));
-            assert_eq!(v.on_disk, Some(true));
-            match v
-                .quantization_config
-                .as_ref()
-                .and_then(|q| q.quantization.as_ref())
-            {
-                Some(quantization_config::Quantization::Scalar(s)) => {
-                    assert_eq!(s.always_ram, Some(true), "{collection}.{name}");
-                }
-                other => panic!("{collection}.{name}: scalar quantization expected, got {other:?}"),
-            }
+            assert_eq!((v.size, v.distance), (4194, Distance::Cosine as i32));
+            assert_eq!(v.on_disk, Some(false), "{collection}.{name}");
+            assert!(v.quantization_config.is_none(), "{collection}.{name}");
         }
-        for name in ["hessian", "scale"] {
-            let v = &map.map[name];
-            assert_eq!((v.size, v.distance), (42016, Distance::Dot as i32));
-            assert_eq!(v.on_disk, Some(true));
-            assert_eq!(v.hnsw_config.as_ref().and_then(|h| h.m), Some(0));
-        }
+        // Raw vectors on disk, no graph; `scale` only in variational stores.
+        let v = &map.map["hessian"];
+        assert_eq!((v.size, v.distance), (42016, Distance::Dot as i32));
+        assert_eq!(v.on_disk, Some(true));
+        assert_eq!(v.hnsw_config.as_ref().and_then(|h| h.m), Some(0));
+        assert!(!map.map.contains_key("scale"), "{collection}");
         for field in indexed_fields {
             assert!(
                 info.payload_schema.contains_key(*field),
