@@ -665,7 +665,20 @@ impl Store {
         let every = self.auto_optimize.load(Ordering::Relaxed);
         if every > 0 && unindexed.fetch_add(points, Ordering::Relaxed) + points >= every {
             unindexed.store(0, Ordering::Relaxed);
-            c.optimize()?;
+            // The write itself is done; say so when the indexing after it fails (e.g. a full
+            // disk), so a caller that retries knows the retry only re-indexes.
+            c.optimize().map_err(|e| match e {
+                Error::Engine {
+                    collection,
+                    message,
+                    ..
+                } => Error::Engine {
+                    collection,
+                    operation: "optimize (automatic, after a write that succeeded)",
+                    message,
+                },
+                other => other,
+            })?;
         }
         Ok(())
     }
