@@ -2,7 +2,8 @@
 //! synthetic but realistic tasks (log-space mixtures of the four real reference embeddings,
 //! EfficientNet-Lite0 Monte-Carlo, plus per-coordinate log-normal noise: tests/common). Pure
 //! computation, no engine and no HNSW: the cosine is exact, so this is the transform's own
-//! recall, an upper bound of what Qdrant's graph search gives.
+//! recall, an upper bound of what Qdrant's graph search gives. The last row is a candidate for
+//! a future index, not a store transform: the centred log minus the trivial embedding's.
 //!
 //! ```text
 //! cargo run --release -p task2vec-qdrant --example index_recall -- [N] [QUERIES]
@@ -29,22 +30,30 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let alpha = 0.15;
     let trivial = &common::fixture_hessians()[4];
     let space = VectorSpace::of(&common::fixture_embedding(0));
-    let transforms: Vec<(String, IndexTransform)> = [1024, 2048, 4096, 8192]
+    type Index = Box<dyn Fn(&[f32]) -> task2vec_qdrant::Result<Vec<f32>>>;
+    let of = |t: IndexTransform| -> Index {
+        let space = space.clone();
+        Box::new(move |h: &[f32]| t.apply(h, &space))
+    };
+    let full = IndexTransform::CenteredLog { floor_rel: 1e-4 };
+    let mut transforms: Vec<(String, Index)> = [1024, 2048, 4096, 8192]
         .into_iter()
         .map(|d| {
-            (
-                format!("layered_sketch {d}"),
-                IndexTransform::LayeredSketch {
-                    floor_rel: 1e-4,
-                    sketch_dim: d,
-                },
-            )
+            let t = IndexTransform::LayeredSketch {
+                floor_rel: 1e-4,
+                sketch_dim: d,
+            };
+            (format!("layered_sketch {d}"), of(t))
         })
-        .chain([(
-            "centered_log (full)".to_string(),
-            IndexTransform::CenteredLog { floor_rel: 1e-4 },
-        )])
         .collect();
+    transforms.push(("centered_log (full)".to_string(), of(full)));
+    // A candidate, not a store transform: the centred log minus the trivial embedding's.
+    let t0 = full.apply(trivial, &space)?;
+    let minus_t0 = of(full);
+    transforms.push((
+        "centered_log − t0 (full)".to_string(),
+        Box::new(move |h: &[f32]| Ok(minus_t0(h)?.iter().zip(&t0).map(|(x, m)| x - m).collect())),
+    ));
     let vector = |seed: u64| {
         let mut rng = common::Normal::new(seed);
         common::random_mixture(&mut rng, seed)
@@ -55,7 +64,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|(_, t)| {
             probes
                 .iter()
-                .map(|p| t.apply(p, &space).map(unit))
+                .map(|p| t(p).map(unit))
                 .collect::<Result<_, _>>()
         })
         .collect::<Result<_, _>>()?;
@@ -68,7 +77,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             exact[q].push(d_asym(&h, p, trivial, alpha)?);
         }
         for (ti, (_, t)) in transforms.iter().enumerate() {
-            let v = unit(t.apply(&h, &space)?);
+            let v = unit(t(&h)?);
             for q in 0..queries {
                 cos[ti][q].push(-dot(&v, &probe_index[ti][q]));
             }
@@ -83,7 +92,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let truth: Vec<Vec<usize>> = exact.iter().map(|e| top(e, 10)).collect();
     for ((name, t), scores) in transforms.iter().zip(&cos) {
-        let mut line = format!("{name:>22} ({:>5} dims)", t.len(&space));
+        let mut line = format!("{name:>26} ({:>5} dims)", t(trivial)?.len());
         for k in KS {
             let r: f64 = (0..queries)
                 .map(|q| overlap(&truth[q], &top(&scores[q], k)))
