@@ -224,16 +224,19 @@ pub enum Source {
 pub fn open_for_query(resolved: &Resolved) -> Result<Source> {
     match store_args::open_existing(&resolved.store) {
         Ok(store) => Ok(Source::Store(Box::new(store))),
-        Err(e) if store_args::is_locked(&e) => {
-            let addr = resolved
-                .daemon
-                .clone()
-                .context("the store is in use by another process and no daemon is configured")?;
-            eprintln!("the store is held by the daemon: asking it at {addr}");
-            Ok(Source::Daemon(task2vec_daemon::DaemonClient::new(addr)))
-        }
+        Err(e) if store_args::is_locked(&e) => Ok(Source::Daemon(daemon_client(resolved)?)),
         Err(e) => Err(e),
     }
+}
+
+/// The client of the daemon that holds the embedded store (the store was found locked).
+pub(crate) fn daemon_client(resolved: &Resolved) -> Result<task2vec_daemon::DaemonClient> {
+    let addr = resolved
+        .daemon
+        .clone()
+        .context("the store is in use by another process and no daemon is configured")?;
+    eprintln!("the store is held by the daemon: asking it at {addr}");
+    Ok(task2vec_daemon::DaemonClient::new(addr))
 }
 
 /// The daemon resolves datasets and task ids itself.

@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use serde_json::json;
-use task2vec_daemon::DaemonClient;
 use task2vec_qdrant::{Expert, Store};
 use uuid::Uuid;
 
@@ -131,7 +130,7 @@ fn add(a: AddArgs) -> Result<()> {
     let existing = match store_args::existing_store(&resolved.store) {
         Ok(s) => s,
         Err(e) if store_args::is_locked(&e) => {
-            let client = daemon_client(&resolved)?;
+            let client = select::daemon_client(&resolved)?;
             let added = client.add_expert(&expert, &select::daemon_target(&target)?)?;
             if added.trivial_added {
                 eprintln!("the daemon stored the trivial embedding (random labels) too");
@@ -193,21 +192,11 @@ fn add(a: AddArgs) -> Result<()> {
     Ok(())
 }
 
-/// The client of the daemon that holds the store.
-fn daemon_client(resolved: &store_args::Resolved) -> Result<DaemonClient> {
-    let addr = resolved
-        .daemon
-        .clone()
-        .context("the store is in use by another process and no daemon is configured")?;
-    eprintln!("the store is held by the daemon: asking it at {addr}");
-    Ok(DaemonClient::new(addr))
-}
-
 fn list(a: ListArgs) -> Result<()> {
     let resolved = a.store.resolve()?;
     let experts: Vec<(Uuid, Expert)> = match store_args::open_existing(&resolved.store) {
         Ok(store) => store.list_experts()?,
-        Err(e) if store_args::is_locked(&e) => daemon_client(&resolved)?
+        Err(e) if store_args::is_locked(&e) => select::daemon_client(&resolved)?
             .experts()?
             .into_iter()
             .map(|i| (i.point_id, i.expert))
@@ -269,7 +258,7 @@ fn rm(a: RmArgs) -> Result<()> {
             store.flush();
         }
         Err(e) if store_args::is_locked(&e) => {
-            let client = daemon_client(&resolved)?;
+            let client = select::daemon_client(&resolved)?;
             for key in &a.ids {
                 match client.remove_expert(key) {
                     Ok(_) => println!("removed expert {key}"),

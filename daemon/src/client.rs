@@ -170,18 +170,16 @@ fn checked(
     url: &str,
     resp: std::result::Result<ureq::http::Response<ureq::Body>, ureq::Error>,
 ) -> Result<ureq::http::Response<ureq::Body>> {
-    {
-        let mut resp = resp.map_err(|e| client_error(url, None, format!("unreachable: {e}")))?;
-        let status = resp.status().as_u16();
-        if status >= 400 {
-            let message = match resp.body_mut().read_json::<ErrorBody>() {
-                Ok(b) => b.error,
-                Err(_) => format!("HTTP {status}"),
-            };
-            return Err(client_error(url, Some(status), message));
-        }
-        Ok(resp)
+    let mut resp = resp.map_err(|e| client_error(url, None, format!("unreachable: {e}")))?;
+    let status = resp.status().as_u16();
+    if status >= 400 {
+        let message = match resp.body_mut().read_json::<ErrorBody>() {
+            Ok(b) => b.error,
+            Err(_) => format!("HTTP {status}"),
+        };
+        return Err(client_error(url, Some(status), message));
     }
+    Ok(resp)
 }
 
 fn read_json<T: DeserializeOwned>(

@@ -261,9 +261,9 @@ fn export_points(c: &dyn Collection, path: &Path) -> Result<usize> {
     Ok(n)
 }
 
-/// Reads `path` and upserts its points into `c`, checking each line; returns how many.
-/// Imports one point file into `c` of `store`; the index vectors `index_names` are recomputed
-/// from `hessian` with the store's transform.
+/// Reads `path` and upserts its points into the `kind` collection of `store`, checking each
+/// line; returns how many. The index vectors `index_names` are recomputed from `hessian` with
+/// the store's transform.
 fn import_points(
     store: &Store,
     kind: Kind,
@@ -274,10 +274,7 @@ fn import_points(
     check_payload: impl Fn(Value) -> serde_json::Result<()>,
 ) -> Result<usize> {
     let dimension = store.space().dimension;
-    let c = match kind {
-        Kind::Tasks => store.tasks(),
-        Kind::Experts => store.experts(),
-    };
+    let c = store.collection(kind);
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let bad = |line: usize, what: String| Error::Dump {
         path: PathBuf::from(format!("{}:{line}", path.display())),

@@ -33,7 +33,7 @@ use uuid::Uuid;
 
 use crate::backend::{
     scroll_all, Collection, FieldKind, Filter, IndexedField, Location, Nearest, Payload, Point,
-    Scored, VectorSpec, WithVectors,
+    Scored, VectorKind, VectorSpec, WithVectors,
 };
 use crate::record::{
     tag_pairs, Expert, ExpertPayload, StoredExpert, StoredTask, Tags, TaskPayload, TaskSummary,
@@ -91,8 +91,8 @@ const EXPERT_INDEXES: &[IndexedField] = &[
 /// The store's two collections.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Kind {
-    Tasks,
-    Experts,
+    Tasks = 0,
+    Experts = 1,
 }
 
 /// Points written to a collection after which the write that reaches the count optimises it
@@ -153,8 +153,8 @@ pub struct Store {
     experts: Box<dyn Collection>,
     /// The hessian of the trivial embedding t0, once known.
     trivial: RwLock<Option<Vec<f32>>>,
-    /// Points written to tasks / experts since either was last optimised
-    /// ([`AUTO_OPTIMIZE_WRITES`]).
+    /// Points written to tasks / experts since each was last optimised
+    /// ([`AUTO_OPTIMIZE_WRITES`]), indexed by [`Kind`].
     unindexed: [AtomicUsize; 2],
     /// Optimise a collection after this many written points (0: never by itself).
     auto_optimize: AtomicUsize,
@@ -276,14 +276,16 @@ impl Store {
         let raw = |name| VectorSpec {
             name,
             size: n,
-            indexed: false,
-            quantized: false,
+            kind: VectorKind::Raw,
         };
         let index = |name| VectorSpec {
             name,
             size: manifest.transform.len(&manifest.space),
-            indexed: true,
-            quantized: manifest.transform.is_full_length(),
+            kind: if manifest.transform.is_full_length() {
+                VectorKind::QuantizedIndex
+            } else {
+                VectorKind::Index
+            },
         };
         // Qdrant allocates every named vector for every point of a segment, so `scale` exists
         // only where it is used (variational stores): elsewhere it would double the disk.
@@ -638,10 +640,10 @@ impl Store {
     /// the write-ahead log's space (Qdrant Edge never truncates it; it is also compacted when
     /// the store is opened). A server optimises by itself: nothing to do.
     pub fn optimize(&self) -> Result<()> {
-        self.tasks.optimize()?;
-        self.unindexed[0].store(0, Ordering::Relaxed);
-        self.experts.optimize()?;
-        self.unindexed[1].store(0, Ordering::Relaxed);
+        for kind in [Kind::Tasks, Kind::Experts] {
+            self.collection(kind).optimize()?;
+            self.unindexed[kind as usize].store(0, Ordering::Relaxed);
+        }
         Ok(())
     }
 
@@ -658,16 +660,13 @@ impl Store {
     /// a segment needs free disk of about twice its size: indexing as the store grows keeps
     /// searches fast and segments small whoever writes (the daemon, `t2v zoo add`, a program).
     pub(crate) fn wrote(&self, kind: Kind, points: usize) -> Result<()> {
-        let (c, unindexed) = match kind {
-            Kind::Tasks => (self.tasks(), &self.unindexed[0]),
-            Kind::Experts => (self.experts(), &self.unindexed[1]),
-        };
+        let unindexed = &self.unindexed[kind as usize];
         let every = self.auto_optimize.load(Ordering::Relaxed);
         if every > 0 && unindexed.fetch_add(points, Ordering::Relaxed) + points >= every {
             unindexed.store(0, Ordering::Relaxed);
             // The write itself is done; say so when the indexing after it fails (e.g. a full
             // disk), so a caller that retries knows the retry only re-indexes.
-            c.optimize().map_err(|e| match e {
+            self.collection(kind).optimize().map_err(|e| match e {
                 Error::Engine {
                     collection,
                     message,
@@ -693,6 +692,14 @@ impl Store {
     /// Flushes and closes the store, releasing its lock.
     pub fn close(self) {
         self.flush();
+    }
+
+    /// The collection of `kind`.
+    pub(crate) fn collection(&self, kind: Kind) -> &dyn Collection {
+        match kind {
+            Kind::Tasks => self.tasks(),
+            Kind::Experts => self.experts(),
+        }
     }
 
     /// The tasks collection.
@@ -760,38 +767,44 @@ impl Store {
 
     /// The cosine shortlist of `query` in `c`, each hit with its exact `d_sym` to `target`
     /// computed on the raw `hessian` vectors: the prefetch + exact re-rank that `select` and
-    /// `similar` share. The search returns ids and payloads only; the raw vectors are then read
-    /// and compared in one chunk per core, so reading them (the engine copies 168 kB per point
-    /// out of its storage) runs in parallel too. A hit deleted between the search and the read
-    /// is left out.
+    /// `similar` share. The search returns ids and scores; each hit's payload and raw vector
+    /// are then read, and compared, in one chunk per core, so reading them (the engine copies
+    /// 168 kB per point out of its storage) runs in parallel too. The hits come back with their
+    /// payload (the raw vector dropped once used), in the search's order; a hit deleted
+    /// between the search and the read is left out.
     pub(crate) fn shortlist_with_d_sym(
         &self,
         c: &dyn Collection,
         query: &Nearest,
         target: &Embedding,
     ) -> Result<Vec<(Scored, f64)>> {
-        let hits = c.search(query, WithVectors::No)?;
+        let hits = c.search(query)?;
+        let rank: HashMap<Uuid, (usize, f32)> = hits
+            .iter()
+            .enumerate()
+            .map(|(i, h)| (h.point.id, (i, h.score)))
+            .collect();
         let ids: Vec<Uuid> = hits.iter().map(|h| h.point.id).collect();
         let chunk = ids.len().div_ceil(rayon::current_num_threads()).max(1);
-        let distances: HashMap<Uuid, f64> = ids
+        let mut found: Vec<(usize, Scored, f64)> = ids
             .par_chunks(chunk)
             .map(|ids| {
-                c.retrieve(ids, WithVectors::Only(&[HESSIAN]))?
-                    .iter()
-                    .map(|p| {
-                        let h = self.dense(c, p, HESSIAN)?;
-                        Ok((p.id, d_sym_fast(h, &target.hessian)?))
-                    })
-                    .collect::<Result<Vec<_>>>()
+                let mut out = Vec::with_capacity(ids.len());
+                for mut point in c.retrieve(ids, WithVectors::Only(&[HESSIAN]))? {
+                    let d = d_sym_fast(self.dense(c, &point, HESSIAN)?, &target.hessian)?;
+                    point.vectors.clear();
+                    if let Some(&(i, score)) = rank.get(&point.id) {
+                        out.push((i, Scored { point, score }, d));
+                    }
+                }
+                Ok(out)
             })
             .collect::<Result<Vec<_>>>()?
             .into_iter()
             .flatten()
             .collect();
-        Ok(hits
-            .into_iter()
-            .filter_map(|hit| distances.get(&hit.point.id).map(|&d| (hit, d)))
-            .collect())
+        found.sort_by_key(|(i, _, _)| *i);
+        Ok(found.into_iter().map(|(_, hit, d)| (hit, d)).collect())
     }
 
     /// The dense vector `name` of a point read with its vectors.

@@ -27,7 +27,7 @@ use uuid::Uuid;
 
 use super::{
     Collection, Condition, FieldKind, Filter, FormulaQuery, IndexedField, Nearest, Payload, Point,
-    Scored, VectorSpec, WithVectors,
+    Scored, VectorKind, VectorSpec, WithVectors,
 };
 use crate::store::{check_manifest_version, Manifest};
 use crate::{Error, Result, VectorSpace};
@@ -202,26 +202,25 @@ fn optimizers() -> EdgeOptimizersConfig {
 
 /// Engine parameters of a named vector.
 fn vector_params(v: &VectorSpec) -> EdgeVectorParams {
-    if v.indexed && !v.quantized {
-        // The short index vector: f32 in RAM, searched through the HNSW graph.
-        EdgeVectorParams::builder(v.size, Distance::Cosine)
+    match v.kind {
+        VectorKind::Index => EdgeVectorParams::builder(v.size, Distance::Cosine)
             .on_disk(false)
-            .build()
-    } else if v.indexed {
-        EdgeVectorParams::builder(v.size, Distance::Cosine)
+            .build(),
+        VectorKind::QuantizedIndex => EdgeVectorParams::builder(v.size, Distance::Cosine)
             .on_disk(true)
             .quantization_config(int8_in_ram())
-            .build()
-    } else {
-        // m = 0 builds no graph: these vectors are read by id, never searched.
-        let no_graph = HnswIndexConfig {
-            m: 0,
-            ..HnswIndexConfig::default()
-        };
-        EdgeVectorParams::builder(v.size, Distance::Dot)
-            .on_disk(true)
-            .hnsw_config(no_graph)
-            .build()
+            .build(),
+        VectorKind::Raw => {
+            // m = 0 builds no graph: these vectors are read by id, never searched.
+            let no_graph = HnswIndexConfig {
+                m: 0,
+                ..HnswIndexConfig::default()
+            };
+            EdgeVectorParams::builder(v.size, Distance::Dot)
+                .on_disk(true)
+                .hnsw_config(no_graph)
+                .build()
+        }
     }
 }
 
@@ -249,7 +248,7 @@ fn rescored(limit: usize) -> SearchParams {
 }
 
 fn distance(v: &VectorSpec) -> Distance {
-    if v.indexed {
+    if v.kind.is_index() {
         Distance::Cosine
     } else {
         Distance::Dot
@@ -343,10 +342,11 @@ impl EdgeCollection {
     fn compact(&self) -> Result<()> {
         let mut slot = self.shard.write().unwrap_or_else(PoisonError::into_inner);
         drop(slot.take()); // flushes
-        compact_wal(&self.path.join(WAL_DIR))?;
+                           // Reopen even when the compaction failed: the log is only ever appended to.
+        let compacted = compact_wal(&self.path.join(WAL_DIR));
         *slot =
             Some(EdgeShard::load(&self.path, None).map_err(|e| engine(self.name, "reopen", e))?);
-        Ok(())
+        compacted
     }
 
     fn ensure_indexes(&self, indexes: &[IndexedField]) -> Result<()> {
@@ -544,7 +544,7 @@ impl Collection for EdgeCollection {
             .map_err(|e| engine(self.name, "count", e))
     }
 
-    fn search(&self, query: &Nearest, vectors: WithVectors) -> Result<Vec<Scored>> {
+    fn search(&self, query: &Nearest) -> Result<Vec<Scored>> {
         let hits = self
             .shard()?
             .query(QueryRequest {
@@ -555,8 +555,8 @@ impl Collection for EdgeCollection {
                 limit: query.limit,
                 offset: 0,
                 params: Some(rescored(query.limit)),
-                with_vector: with_vector(vectors),
-                with_payload: WithPayloadInterface::Bool(true),
+                with_vector: WithVector::Bool(false),
+                with_payload: WithPayloadInterface::Bool(false),
             })
             .map_err(|e| engine(self.name, "query", e))?;
         self.scored(hits)

@@ -64,13 +64,28 @@ pub(crate) struct VectorSpec {
     pub name: &'static str,
     /// Its length.
     pub size: usize,
-    /// `true`: an index vector, searched by cosine (HNSW graph). `false`: a raw vector read by
-    /// id only for the exact re-rank (dot distance, on disk, no graph).
-    pub indexed: bool,
-    /// For an index vector: `true` keeps an int8 scalar quantized copy in RAM and the
-    /// full-precision originals on disk for rescoring (the full-length transforms); `false`
-    /// keeps the f32 vectors themselves in RAM (the short layered sketch).
-    pub quantized: bool,
+    /// What it is for, which decides how the engine stores it.
+    pub kind: VectorKind,
+}
+
+/// The roles of a named vector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum VectorKind {
+    /// A short index vector (the layered sketch), searched by cosine: HNSW graph, the f32
+    /// vectors in RAM.
+    Index,
+    /// A full-length index vector (older transforms), searched by cosine: HNSW graph, an int8
+    /// scalar quantized copy in RAM, the f32 originals on disk for rescoring.
+    QuantizedIndex,
+    /// A raw vector, read by id only for the exact re-rank: dot distance, on disk, no graph.
+    Raw,
+}
+
+impl VectorKind {
+    /// Whether it is searched by cosine (else read by id).
+    pub fn is_index(self) -> bool {
+        self != VectorKind::Raw
+    }
 }
 
 /// The type of a payload index.
@@ -191,8 +206,9 @@ pub(crate) trait Collection: Send + Sync {
     ) -> Result<(Vec<Point>, Option<Uuid>)>;
     /// The exact number of points.
     fn count(&self) -> Result<usize>;
-    /// Cosine nearest neighbours, best first, with payload and the vectors asked for.
-    fn search(&self, query: &Nearest, vectors: WithVectors) -> Result<Vec<Scored>>;
+    /// Cosine nearest neighbours, best first: ids and scores only (no payload, no vectors;
+    /// `retrieve` reads what the caller needs).
+    fn search(&self, query: &Nearest) -> Result<Vec<Scored>>;
     /// A formula query, best first, points without payload or vectors.
     fn formula(&self, query: &FormulaQuery) -> Result<Vec<Scored>>;
     /// Builds indexes and merges segments where the backend leaves it to the caller

@@ -33,7 +33,7 @@ use uuid::Uuid;
 
 use super::{
     Collection, FieldKind, Filter, FormulaQuery, IndexedField, Nearest, Payload, Point, Scored,
-    VectorSpec, WithVectors,
+    VectorKind, VectorSpec, WithVectors,
 };
 use crate::config::RemoteConfig;
 use crate::point_id::NAMESPACE;
@@ -139,23 +139,22 @@ impl Client {
     }
 
     fn vector_params(&self, v: &VectorSpec) -> VectorParamsBuilder {
-        if v.indexed && !v.quantized {
-            // The short index vector: f32 in RAM, searched through the HNSW graph.
-            VectorParamsBuilder::new(v.size as u64, Distance::Cosine).on_disk(false)
-        } else if v.indexed {
-            VectorParamsBuilder::new(v.size as u64, Distance::Cosine)
+        match v.kind {
+            VectorKind::Index => {
+                VectorParamsBuilder::new(v.size as u64, Distance::Cosine).on_disk(false)
+            }
+            VectorKind::QuantizedIndex => VectorParamsBuilder::new(v.size as u64, Distance::Cosine)
                 .on_disk(self.config.on_disk)
                 .quantization_config(
                     ScalarQuantizationBuilder::default()
                         .r#type(QuantizationType::Int8.into())
                         .quantile(0.99)
                         .always_ram(true),
-                )
-        } else {
+                ),
             // m = 0 builds no graph: raw vectors are read by id, never searched.
-            VectorParamsBuilder::new(v.size as u64, Distance::Dot)
+            VectorKind::Raw => VectorParamsBuilder::new(v.size as u64, Distance::Dot)
                 .on_disk(self.config.on_disk)
-                .hnsw_config(HnswConfigDiffBuilder::default().m(0))
+                .hnsw_config(HnswConfigDiffBuilder::default().m(0)),
         }
     }
 
@@ -195,7 +194,7 @@ impl Client {
             }
         };
         for v in vectors {
-            let expected = if v.indexed {
+            let expected = if v.kind.is_index() {
                 Distance::Cosine
             } else {
                 Distance::Dot
@@ -500,8 +499,7 @@ fn meta_vectors(dimension: usize) -> [VectorSpec; 2] {
     [HESSIAN, SCALE].map(|name| VectorSpec {
         name,
         size: dimension,
-        indexed: false,
-        quantized: false,
+        kind: VectorKind::Raw,
     })
 }
 
@@ -613,14 +611,14 @@ impl Collection for RemoteCollection {
         Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
 
-    fn search(&self, query: &Nearest, vectors: WithVectors) -> Result<Vec<Scored>> {
+    fn search(&self, query: &Nearest) -> Result<Vec<Scored>> {
         let mut request = QueryPointsBuilder::new(&self.name)
             .query(Query::new_nearest(query.vector.clone()))
             .using(query.using)
             .limit(query.limit as u64)
             .params(rescored(query.limit))
-            .with_payload(true)
-            .with_vectors(selector(vectors));
+            .with_payload(false)
+            .with_vectors(false);
         if let Some(f) = remote_filter(&query.filter) {
             request = request.filter(f);
         }
