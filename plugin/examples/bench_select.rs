@@ -27,7 +27,7 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use task2vec::distance::d_asym;
-use task2vec_qdrant::{Expert, IndexTransform, SelectOptions, Store, VectorSpace};
+use task2vec_qdrant::{Expert, FormulaOptions, IndexTransform, SelectOptions, Store, VectorSpace};
 
 /// Seed of stored expert `i`.
 fn expert_seed(i: usize) -> u64 {
@@ -139,7 +139,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let ranked = store.select_experts(q, &options)?;
             total.push(t.elapsed().as_secs_f64() * 1e3);
             let t = Instant::now();
-            store.rank_experts_by_formula(q, prefetch, alpha as f32, 10)?;
+            store.rank_experts_by_formula(
+                q,
+                &FormulaOptions {
+                    alpha,
+                    prefetch,
+                    limit: 10,
+                    ..FormulaOptions::default()
+                },
+            )?;
             formula.push(t.elapsed().as_secs_f64() * 1e3);
             ranked_all.push(ranked);
         }

@@ -2,14 +2,15 @@
 //! synthetic but realistic tasks (log-space mixtures of the four real reference embeddings,
 //! EfficientNet-Lite0 Monte-Carlo, plus per-coordinate log-normal noise: tests/common). Pure
 //! computation, no engine and no HNSW: the cosine is exact, so this is the transform's own
-//! recall, an upper bound of what Qdrant's graph search gives. The last row is a candidate for
-//! a future index, not a store transform: the centred log minus the trivial embedding's.
+//! recall, an upper bound of what Qdrant's graph search gives. Rows `− t0` are taken relative
+//! to the trivial embedding (the default store transform is `layered_sketch 4096 − t0`); the
+//! last row is not a store transform: the full-length centred log minus the trivial's.
 //!
 //! ```text
-//! cargo run --release -p task2vec-qdrant --example index_recall -- [N] [QUERIES]
+//! cargo run --release -p task2vec-qdrant --example index_recall -- [N] [QUERIES] [ROWS]
 //! ```
 //!
-//! Defaults 3000 and 20. Stored vectors are regenerated one at a time from their seeds (the
+//! Defaults 3000 and 20; `ROWS` keeps only the rows whose name contains it (e.g. `t0`). Stored vectors are regenerated one at a time from their seeds (the
 //! same seeds as `bench_select`), so memory holds scores, not vectors.
 
 #[path = "../tests/common/mod.rs"]
@@ -23,6 +24,7 @@ const KS: [usize; 5] = [20, 50, 100, 200, 300];
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<usize> = std::env::args()
         .skip(1)
+        .take(2)
         .map(|a| a.parse())
         .collect::<Result<_, _>>()?;
     let n = args.first().copied().unwrap_or(3000);
@@ -31,29 +33,44 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let trivial = &common::fixture_hessians()[4];
     let space = VectorSpace::of(&common::fixture_embedding(0));
     type Index = Box<dyn Fn(&[f32]) -> task2vec_qdrant::Result<Vec<f32>>>;
+    // Each transform relative to the trivial embedding where it is one that can be.
     let of = |t: IndexTransform| -> Index {
         let space = space.clone();
-        Box::new(move |h: &[f32]| t.apply(h, &space))
+        let centre = t.centre(trivial);
+        Box::new(move |h: &[f32]| t.apply(h, &space, centre.as_ref()))
     };
+    let sketch = |sketch_dim, relative_to_trivial, saturate| IndexTransform::LayeredSketch {
+        floor_rel: 1e-4,
+        sketch_dim,
+        relative_to_trivial,
+        saturate,
+    };
+    let mut transforms: Vec<(String, Index)> = Vec::new();
+    for d in [1024, 2048, 4096, 8192] {
+        transforms.push((format!("layered_sketch {d}"), of(sketch(d, false, 0.0))));
+    }
+    for d in [1024, 2048, 4096, 8192] {
+        transforms.push((format!("layered_sketch {d} − t0"), of(sketch(d, true, 0.0))));
+    }
+    for c in [0.5, 1.0, 2.0, 4.0] {
+        transforms.push((
+            format!("layered_sketch 4096 − t0 sat {c}"),
+            of(sketch(4096, true, c)),
+        ));
+    }
     let full = IndexTransform::CenteredLog { floor_rel: 1e-4 };
-    let mut transforms: Vec<(String, Index)> = [1024, 2048, 4096, 8192]
-        .into_iter()
-        .map(|d| {
-            let t = IndexTransform::LayeredSketch {
-                floor_rel: 1e-4,
-                sketch_dim: d,
-            };
-            (format!("layered_sketch {d}"), of(t))
-        })
-        .collect();
     transforms.push(("centered_log (full)".to_string(), of(full)));
-    // A candidate, not a store transform: the centred log minus the trivial embedding's.
-    let t0 = full.apply(trivial, &space)?;
+    // Not a store transform: the full-length centred log minus the trivial embedding's.
+    let t0 = full.apply(trivial, &space, None)?;
     let minus_t0 = of(full);
     transforms.push((
         "centered_log − t0 (full)".to_string(),
         Box::new(move |h: &[f32]| Ok(minus_t0(h)?.iter().zip(&t0).map(|(x, m)| x - m).collect())),
     ));
+    // Optional: only the rows whose name contains this text.
+    if let Some(only) = std::env::args().nth(3) {
+        transforms.retain(|(name, _)| name.contains(&only));
+    }
     let vector = |seed: u64| {
         let mut rng = common::Normal::new(seed);
         common::random_mixture(&mut rng, seed)
@@ -92,7 +109,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let truth: Vec<Vec<usize>> = exact.iter().map(|e| top(e, 10)).collect();
     for ((name, t), scores) in transforms.iter().zip(&cos) {
-        let mut line = format!("{name:>26} ({:>5} dims)", t(trivial)?.len());
+        let mut line = format!("{name:>28} ({:>5} dims)", t(&probes[0])?.len());
         for k in KS {
             let r: f64 = (0..queries)
                 .map(|q| overlap(&truth[q], &top(&scores[q], k)))

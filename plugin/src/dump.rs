@@ -166,15 +166,10 @@ impl Store {
         } else {
             None
         };
-        match (dump_trivial, self.trivial()) {
-            (Some(t), None) => self.set_trivial(&t)?,
-            (Some(t), Some(own)) if t.hessian == own => {}
-            (None, None) => {}
-            // The store's own t0 differs from the one the imported complexities were made with.
-            _ => {
-                self.recompute_complexity(self.tasks())?;
-                self.recompute_complexity(self.experts())?;
-            }
+        // The points were derived with the store's own t0; a store without one takes the
+        // dump's (and re-derives the imported points with it).
+        if let (Some(t), None) = (dump_trivial, self.trivial()) {
+            self.set_trivial(&t)?;
         }
         Ok(DumpSummary {
             tasks,
@@ -318,18 +313,30 @@ fn import_points(
         let hessian = vectors
             .get(HESSIAN)
             .ok_or_else(|| bad(i + 1, "has no `hessian` vector".into()))?;
-        let index_vector = store
-            .index_vector(hessian)
+        // Derived data (index vectors, complexity and its t0 mark) is recomputed with this
+        // store's transform and trivial embedding.
+        let ones;
+        let scale = match vectors.get(SCALE) {
+            Some(s) => s.as_slice(),
+            None => {
+                ones = vec![1.0; hessian.len()];
+                &ones
+            }
+        };
+        let derived = store
+            .derive(hessian, scale)
             .map_err(|e| bad(i + 1, e.to_string()))?;
         for name in index_names {
-            vectors.insert(name.to_string(), index_vector.clone());
+            vectors.insert(name.to_string(), derived.index.clone());
         }
-        check_payload(Value::Object(line.payload.clone()))
+        let mut payload = line.payload;
+        derived.write_payload(&mut payload);
+        check_payload(Value::Object(payload.clone()))
             .map_err(|e| bad(i + 1, format!("payload does not parse: {e}")))?;
         batch.push(Point {
             id: line.id,
             vectors,
-            payload: line.payload,
+            payload,
         });
         n += 1;
         if batch.len() == BATCH {

@@ -48,6 +48,17 @@ pub enum IndexTransform {
         floor_rel: f32,
         /// Buckets of the count sketch.
         sketch_dim: usize,
+        /// Whether `x` is taken relative to the store's trivial embedding t0 (`x − x_t0`,
+        /// both centred logs) once the store has one. The index then measures how a task
+        /// departs from "no task", per filter, which is what `d_sym` weighs: recall of the
+        /// exact top 10 rises markedly (BENCHMARKS.md). Stores made before it read `false`.
+        #[serde(default)]
+        relative_to_trivial: bool,
+        /// When positive, each coordinate of `x` (after the centre is taken off) becomes
+        /// `c · tanh(x_i / c)`: log-ratios beyond about `c` count as saturated, as they do in
+        /// `d_sym` (whose per-coordinate term is a logistic of the log-ratio). 0: none.
+        #[serde(default)]
+        saturate: f32,
     },
     /// `x_i = ln(max(h_i, floor)) − mean_j ln(max(h_j, floor))`, with
     /// `floor = floor_rel · mean of the positive entries of h`. The floor keeps exact zeros
@@ -67,6 +78,8 @@ impl Default for IndexTransform {
         IndexTransform::LayeredSketch {
             floor_rel: 1e-4,
             sketch_dim: 4096,
+            relative_to_trivial: true,
+            saturate: 0.0,
         }
     }
 }
@@ -97,6 +110,7 @@ impl IndexTransform {
             IndexTransform::LayeredSketch {
                 floor_rel,
                 sketch_dim,
+                ..
             } => {
                 if sketch_dim == 0 {
                     return Err(Error::Mismatch(
@@ -116,26 +130,70 @@ impl IndexTransform {
         Ok(())
     }
 
+    /// The centre the index vectors are taken relative to, for a store whose trivial
+    /// embedding is `trivial`: its centred log-vector for a layered sketch relative to the
+    /// trivial embedding; `None` (no centre) for the other transforms.
+    pub fn centre(&self, trivial: &[f32]) -> Option<IndexCentre> {
+        match *self {
+            IndexTransform::LayeredSketch {
+                floor_rel,
+                relative_to_trivial: true,
+                ..
+            } => Some(IndexCentre(centered_log(trivial, floor_rel))),
+            _ => None,
+        }
+    }
+
     /// The index vector of the Fisher vector `hessian` of `space` (finite, non-negative, not
-    /// all zero, as [`crate::VectorSpace::check`] ensures).
+    /// all zero, as [`crate::VectorSpace::check`] ensures), relative to `centre` when given
+    /// (see [`IndexTransform::centre`]).
     ///
     /// Errors: [`Error::Mismatch`] when the result has no direction (all entries equal under
     /// the log transforms, which a real embedding never gives), since a zero vector has no
-    /// cosine.
-    pub fn apply(&self, hessian: &[f32], space: &VectorSpace) -> Result<Vec<f32>> {
-        self.index(hessian, &space.layout)
+    /// cosine, or when the centre is not as long as the vector.
+    pub fn apply(
+        &self,
+        hessian: &[f32],
+        space: &VectorSpace,
+        centre: Option<&IndexCentre>,
+    ) -> Result<Vec<f32>> {
+        self.index(hessian, &space.layout, centre)
     }
 
-    fn index(&self, hessian: &[f32], layout: &[LayoutEntry]) -> Result<Vec<f32>> {
+    fn index(
+        &self,
+        hessian: &[f32],
+        layout: &[LayoutEntry],
+        centre: Option<&IndexCentre>,
+    ) -> Result<Vec<f32>> {
         let out = match *self {
             IndexTransform::LayeredSketch {
                 floor_rel,
                 sketch_dim,
-            } => layered_sketch(
-                &centered_log(hessian, floor_rel),
-                &modules(layout, hessian.len()),
-                sketch_dim,
-            ),
+                saturate,
+                ..
+            } => {
+                let mut x = centered_log(hessian, floor_rel);
+                if let Some(IndexCentre(c)) = centre {
+                    if c.len() != x.len() {
+                        return Err(Error::Mismatch(format!(
+                            "index centre of {} values for a vector of {}",
+                            c.len(),
+                            x.len()
+                        )));
+                    }
+                    // A vector equal to t0 (up to scale) has no direction relative to it: it
+                    // keeps its own, so it stays searchable.
+                    if x.iter().zip(c).any(|(v, m)| v != m) {
+                        x.iter_mut().zip(c).for_each(|(v, m)| *v -= m);
+                    }
+                }
+                if saturate > 0.0 {
+                    let c = f64::from(saturate);
+                    x.iter_mut().for_each(|v| *v = c * (*v / c).tanh());
+                }
+                layered_sketch(&x, &modules(layout, hessian.len()), sketch_dim)
+            }
             IndexTransform::CenteredLog { floor_rel } => centered_log(hessian, floor_rel)
                 .into_iter()
                 .map(|x| x as f32)
@@ -152,6 +210,11 @@ impl IndexTransform {
         Ok(out)
     }
 }
+
+/// The point every index vector of a store is taken relative to: the centred log-vector of its
+/// trivial embedding ([`IndexTransform::centre`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct IndexCentre(Vec<f64>);
 
 /// The bucket and sign of coordinate `i` in a count sketch of `sketch_dim` buckets: the
 /// SplitMix64 output `z` for the state `(i + 1) · 0x9E3779B97F4A7C15` (mod 2⁶⁴); the bucket
@@ -313,10 +376,10 @@ mod tests {
             IndexTransform::CenteredLog { floor_rel: 1e-4 },
         ] {
             assert!(matches!(
-                t.index(&[3.0, 3.0, 3.0], &[]),
+                t.index(&[3.0, 3.0, 3.0], &[], None),
                 Err(Error::Mismatch(_))
             ));
         }
-        assert!(IndexTransform::Sqrt.index(&[3.0, 3.0], &[]).is_ok());
+        assert!(IndexTransform::Sqrt.index(&[3.0, 3.0], &[], None).is_ok());
     }
 }

@@ -5,15 +5,21 @@
 //! takes the `prefetch` experts whose `model2vec` index vector is nearest the target's by
 //! cosine; [`Store::select_experts`] then computes `d_sym` exactly on the raw vectors and
 //! subtracts `alpha` times the stored `complexity`. [`Store::rank_experts_by_formula`] asks
-//! Qdrant for the same order with nothing but its Query API, as any client language can:
+//! Qdrant for nearly the same order with nothing but its Query API, as any client language can.
+//! To second order `d_sym(a, b)` is proportional to the squared Euclidean distance of the
+//! index vectors `u_a`, `u_b` ([`crate::IndexTransform`]), `s · |u_a − u_b|²` with
+//! `s = κ / (2n)` ([`FORMULA_KAPPA`]), and by the law of cosines that distance follows from the
+//! cosine Qdrant scores with and the two norms. Every point stores its index vector's norm
+//! `index_norm`, so with `v` the target's index vector:
 //!
 //! ```text
-//! prefetch: nearest(model2vec = index(target)), limit P
-//! query:    formula  $score + alpha * complexity      (defaults: complexity = 0)
+//! prefetch: nearest(model2vec = v), limit P
+//! query:    formula  2s|v| · index_norm · $score − s · index_norm² − s|v|² + alpha · complexity
+//!                    (defaults: index_norm = 0, complexity = 0)
 //! ```
 //!
-//! where the cosine similarity `$score` stands in for `1 − d_sym` (higher is better, so the
-//! sign of the complexity term flips).
+//! which is `−(s |u − v|² − alpha · complexity) ≈ −d_asym`: higher is better, and the score
+//! reads as an approximate `−d_asym`.
 
 use std::cmp::Ordering;
 
@@ -46,6 +52,39 @@ impl Default for SelectOptions {
             alpha: 0.15,
             prefetch: 100,
             limit: 10,
+        }
+    }
+}
+
+/// `κ` of the formula query: `d_sym(a, b) ≈ κ · |u_a − u_b|² / (2n)` for index vectors `u` of
+/// Fisher vectors of length `n`. The second-order expansion of `d_sym` gives 1; log-ratios
+/// beyond about 1 saturate in `d_sym`, so the least-squares value on realistic embeddings is
+/// lower (measured by `plugin/tests/formula_embedded.rs` on EfficientNet-Lite0 Monte-Carlo
+/// mixtures).
+pub const FORMULA_KAPPA: f64 = 0.78;
+
+/// Settings of [`Store::rank_experts_by_formula`] (missing fields of a JSON document take the
+/// defaults).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FormulaOptions {
+    /// Weight of the complexity term, as in [`SelectOptions::alpha`].
+    pub alpha: f64,
+    /// Experts fetched by cosine before the formula re-scores them (default 100).
+    pub prefetch: usize,
+    /// Experts returned (default 10).
+    pub limit: usize,
+    /// [`FORMULA_KAPPA`] unless measured for another probe.
+    pub kappa: f64,
+}
+
+impl Default for FormulaOptions {
+    fn default() -> Self {
+        FormulaOptions {
+            alpha: 0.15,
+            prefetch: 100,
+            limit: 10,
+            kappa: FORMULA_KAPPA,
         }
     }
 }
@@ -156,31 +195,43 @@ impl Store {
         self.select_experts(&task.embedding, options)
     }
 
-    /// The experts ranked by Qdrant alone: cosine prefetch of `prefetch` on `model2vec`,
-    /// re-scored by the formula `$score + alpha · complexity`, best first.
+    /// The experts ranked by Qdrant alone, best first: a cosine prefetch of
+    /// `options.prefetch` on `model2vec`, re-scored by a formula of the cosine `$score` and the
+    /// payload keys `index_norm` and `complexity` whose score approximates `−d_asym` (see the
+    /// module documentation; docs/schema.md, "Ranking in any language", has the measured
+    /// agreement with [`Store::select_experts`]).
     ///
-    /// `alpha` weighs the complexity against a cosine similarity, not against `d_sym`: to
-    /// approximate [`Store::select_experts`] with its `alpha`, pass about 0.27 times it
-    /// (docs/schema.md, "Ranking in any language", has the measured slope and agreement).
+    /// Errors: [`Error::Mismatch`] for a target of another space or a slope that is not a
+    /// positive number.
     pub fn rank_experts_by_formula(
         &self,
         target: &Embedding,
-        prefetch: usize,
-        alpha: f32,
-        limit: usize,
+        options: &FormulaOptions,
     ) -> Result<Vec<Hit>> {
         self.space().check(target)?;
+        if !(options.kappa.is_finite() && options.kappa > 0.0) {
+            return Err(Error::Mismatch(format!(
+                "formula: kappa must be a positive number, not {}",
+                options.kappa
+            )));
+        }
         let index = self.index_vector(&target.hessian)?;
+        let query_norm = index
+            .iter()
+            .map(|&x| f64::from(x) * f64::from(x))
+            .sum::<f64>()
+            .sqrt();
         let hits = self.experts().formula(&FormulaQuery {
             prefetch: Nearest {
                 using: MODEL2VEC,
                 vector: index,
                 filter: Filter::default(),
-                limit: prefetch,
+                limit: options.prefetch,
             },
-            alpha,
-            variable: "complexity",
-            limit,
+            slope: options.kappa / (2.0 * self.space().dimension as f64),
+            query_norm,
+            alpha: options.alpha,
+            limit: options.limit,
         })?;
         Ok(hits
             .into_iter()

@@ -92,6 +92,14 @@ pub(crate) struct TaskPayload {
     /// `d_sym(task, trivial)`: the complexity term of the asymmetric distance, `null` while the
     /// store knows no trivial embedding.
     pub complexity: Option<f64>,
+    /// The mark of the trivial embedding `complexity` and the index vector were derived with
+    /// ([`crate::Store::trivial_mark`]), `none` while the store knows none (empty: written
+    /// before the field existed).
+    #[serde(default)]
+    pub t0: String,
+    /// Euclidean norm of the index vector (the formula query uses it).
+    #[serde(default)]
+    pub index_norm: f64,
     /// The embedding's metadata with an empty layout, as JSON text.
     #[serde(with = "json_text")]
     pub meta: EmbeddingMeta,
@@ -120,6 +128,12 @@ pub(crate) struct ExpertPayload {
     pub has_scale: bool,
     /// `d_sym(training task, trivial)`, `null` while the store knows no trivial embedding.
     pub complexity: Option<f64>,
+    /// As in the task payload.
+    #[serde(default)]
+    pub t0: String,
+    /// As in the task payload.
+    #[serde(default)]
+    pub index_norm: f64,
     /// The training task's embedding metadata with an empty layout, as JSON text.
     #[serde(with = "json_text")]
     pub meta: EmbeddingMeta,

@@ -21,7 +21,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -31,16 +31,18 @@ use task2vec::embedding::{Embedding, EmbeddingMeta};
 use task2vec::fisher::Estimator;
 use uuid::Uuid;
 
+use crate::backend::Condition;
 use crate::backend::{
     scroll_all, Collection, FieldKind, Filter, IndexedField, Location, Nearest, Payload, Point,
-    Scored, VectorKind, VectorSpec, WithVectors,
+    Scored, VectorKind, VectorSpec, WithVectors, COMPLEXITY, INDEX_NORM,
 };
 use crate::record::{
     tag_pairs, Expert, ExpertPayload, StoredExpert, StoredTask, Tags, TaskPayload, TaskSummary,
     PAYLOAD_SCHEMA,
 };
 use crate::{
-    expert_point_id, task_point_id, Error, IndexTransform, Result, StoreConfig, VectorSpace,
+    expert_point_id, task_point_id, Error, IndexCentre, IndexTransform, Result, StoreConfig,
+    VectorSpace,
 };
 
 /// Name of the tasks collection (on a server: `{prefix}tasks`).
@@ -75,6 +77,10 @@ const TASK_INDEXES: &[IndexedField] = &[
         key: "tag_pairs",
         kind: FieldKind::Keyword,
     },
+    IndexedField {
+        key: T0,
+        kind: FieldKind::Keyword,
+    },
 ];
 /// Payload indexes of the experts collection.
 const EXPERT_INDEXES: &[IndexedField] = &[
@@ -86,7 +92,63 @@ const EXPERT_INDEXES: &[IndexedField] = &[
         key: "tag_pairs",
         kind: FieldKind::Keyword,
     },
+    IndexedField {
+        key: T0,
+        kind: FieldKind::Keyword,
+    },
 ];
+/// Payload key: the mark of the trivial embedding a point's derived values were computed with.
+const T0: &str = "t0";
+
+/// The trivial embedding t0 as the store uses it.
+struct Trivial {
+    hessian: Vec<f32>,
+    /// What the index vectors are taken relative to (transforms that use one).
+    centre: Option<IndexCentre>,
+    /// [`Store::trivial_mark`].
+    mark: String,
+}
+
+impl Trivial {
+    fn new(hessian: Vec<f32>, transform: &IndexTransform) -> Trivial {
+        use sha2::{Digest, Sha256};
+        let mut digest = Sha256::new();
+        for v in &hessian {
+            digest.update(v.to_le_bytes());
+        }
+        let mark = digest.finalize()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Trivial {
+            centre: transform.centre(&hessian),
+            hessian,
+            mark,
+        }
+    }
+}
+
+/// What a point's stored values derived from its Fisher vector and the trivial embedding are.
+pub(crate) struct Derived {
+    pub index: Vec<f32>,
+    pub index_norm: f64,
+    pub complexity: Option<f64>,
+    /// [`Store::derivation_mark`].
+    pub t0: String,
+}
+
+impl Derived {
+    /// Sets the derived payload keys (`complexity`, `index_norm`, `t0`).
+    pub(crate) fn write_payload(&self, payload: &mut Payload) {
+        payload.insert(COMPLEXITY.into(), serde_json::json!(self.complexity));
+        payload.insert(INDEX_NORM.into(), serde_json::json!(self.index_norm));
+        payload.insert(T0.into(), serde_json::json!(self.t0));
+    }
+}
+
+fn mark_of(trivial: Option<&Trivial>) -> String {
+    trivial.map_or_else(|| "none".to_string(), |t| t.mark.clone())
+}
 
 /// The store's two collections.
 #[derive(Debug, Clone, Copy)]
@@ -151,8 +213,8 @@ pub struct Store {
     manifest: Manifest,
     tasks: Box<dyn Collection>,
     experts: Box<dyn Collection>,
-    /// The hessian of the trivial embedding t0, once known.
-    trivial: RwLock<Option<Vec<f32>>>,
+    /// The trivial embedding t0, once known.
+    trivial: RwLock<Option<Arc<Trivial>>>,
     /// Points written to tasks / experts since each was last optimised
     /// ([`AUTO_OPTIMIZE_WRITES`]), indexed by [`Kind`].
     unindexed: [AtomicUsize; 2],
@@ -298,13 +360,21 @@ impl Store {
             &[&[index(TASK2VEC)][..], &raws].concat(),
             TASK_INDEXES,
         )?;
+        // Experts are searched on `model2vec`; their `task2vec` (the same vector until
+        // Model2Vec biases exist) is kept for readers, off the RAM and the graph.
+        let copy = VectorSpec {
+            kind: VectorKind::IndexCopy,
+            ..index(TASK2VEC)
+        };
         let experts = location.open_collection(
             EXPERTS,
-            &[&[index(TASK2VEC), index(MODEL2VEC)][..], &raws].concat(),
+            &[&[copy, index(MODEL2VEC)][..], &raws].concat(),
             EXPERT_INDEXES,
         )?;
-        let trivial = location.read_trivial(&manifest.space)?.map(|t| t.hessian);
-        Ok(Store {
+        let trivial = location
+            .read_trivial(&manifest.space)?
+            .map(|t| Arc::new(Trivial::new(t.hessian, &manifest.transform)));
+        let store = Store {
             manifest,
             tasks,
             experts,
@@ -312,7 +382,11 @@ impl Store {
             unindexed: [AtomicUsize::new(0), AtomicUsize::new(0)],
             auto_optimize: AtomicUsize::new(AUTO_OPTIMIZE_WRITES),
             location,
-        })
+        };
+        // Finishes a `set_trivial` that was interrupted (one filtered count per collection
+        // when nothing is left to do).
+        store.rederive()?;
+        Ok(store)
     }
 
     /// The data folder of an embedded store; `None` for a store on a server.
@@ -330,9 +404,56 @@ impl Store {
         self.manifest.transform
     }
 
-    /// The index vector of a Fisher vector of this store's space.
+    /// The index vector of a Fisher vector of this store's space (relative to the trivial
+    /// embedding when the transform says so and the store has one).
     pub fn index_vector(&self, hessian: &[f32]) -> Result<Vec<f32>> {
-        self.manifest.transform.apply(hessian, &self.manifest.space)
+        let trivial = self.current_trivial();
+        self.index_with(hessian, trivial.as_deref())
+    }
+
+    fn index_with(&self, hessian: &[f32], trivial: Option<&Trivial>) -> Result<Vec<f32>> {
+        let centre = trivial.and_then(|t| t.centre.as_ref());
+        self.manifest
+            .transform
+            .apply(hessian, &self.manifest.space, centre)
+    }
+
+    fn current_trivial(&self) -> Option<Arc<Trivial>> {
+        self.trivial
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Everything a point stores that derives from its Fisher vector and the trivial
+    /// embedding, computed with one and the same trivial embedding.
+    pub(crate) fn derive(&self, hessian: &[f32], scale: &[f32]) -> Result<Derived> {
+        let trivial = self.current_trivial();
+        let index = self.index_with(hessian, trivial.as_deref())?;
+        Ok(Derived {
+            index_norm: index
+                .iter()
+                .map(|&x| f64::from(x) * f64::from(x))
+                .sum::<f64>()
+                .sqrt(),
+            index,
+            complexity: self.complexity_with(hessian, scale, trivial.as_deref())?,
+            t0: mark_of(trivial.as_deref()),
+        })
+    }
+
+    /// What every point's payload `t0` says once it is up to date: the store's
+    /// [`Store::trivial_mark`], or `none`.
+    pub fn derivation_mark(&self) -> String {
+        mark_of(self.current_trivial().as_deref())
+    }
+
+    /// A short mark of the trivial embedding (the first 16 hex digits of the SHA-256 of its
+    /// hessian as little-endian f32): every point records, as payload `t0`, the mark of the
+    /// trivial embedding its `complexity` and index vector were derived with. `None` while the
+    /// store has no trivial embedding.
+    pub fn trivial_mark(&self) -> Option<String> {
+        self.current_trivial().map(|t| t.mark.clone())
     }
 
     pub(crate) fn manifest(&self) -> &Manifest {
@@ -359,6 +480,7 @@ impl Store {
             embedding.estimator(),
         );
         let has_scale = has_scale(embedding);
+        let derived = self.derive(&embedding.hessian, &embedding.scale)?;
         let payload = TaskPayload {
             schema: PAYLOAD_SCHEMA,
             dataset_uri: meta.dataset.path.clone(),
@@ -375,12 +497,13 @@ impl Store {
             tags: tags.clone(),
             tag_pairs: tag_pairs(tags)?,
             has_scale,
-            complexity: self.complexity(&embedding.hessian, &embedding.scale)?,
+            complexity: derived.complexity,
+            t0: derived.t0,
+            index_norm: derived.index_norm,
             meta: without_layout(meta),
         };
-        let index = self.index_vector(&embedding.hessian)?;
         let mut vectors = BTreeMap::from([
-            (TASK2VEC.to_string(), index),
+            (TASK2VEC.to_string(), derived.index),
             (HESSIAN.to_string(), embedding.hessian.clone()),
         ]);
         if has_scale {
@@ -435,7 +558,7 @@ impl Store {
 
     /// Number of stored tasks.
     pub fn count_tasks(&self) -> Result<usize> {
-        self.tasks.count()
+        self.tasks.count(&Filter::default())
     }
 
     /// Stores an expert with the embedding of the task it was trained on (replacing the expert
@@ -458,6 +581,7 @@ impl Store {
         let estimator = trained_on.estimator();
         let id = expert_point_id(&expert.key, &meta.probe.weights_sha256, estimator);
         let has_scale = has_scale(trained_on);
+        let derived = self.derive(&trained_on.hessian, &trained_on.scale)?;
         let payload = ExpertPayload {
             schema: PAYLOAD_SCHEMA,
             key: expert.key.clone(),
@@ -479,13 +603,14 @@ impl Store {
             norm: meta.norm,
             stored_at: now(),
             has_scale,
-            complexity: self.complexity(&trained_on.hessian, &trained_on.scale)?,
+            complexity: derived.complexity,
+            t0: derived.t0,
+            index_norm: derived.index_norm,
             meta: without_layout(meta),
         };
-        let index = self.index_vector(&trained_on.hessian)?;
         let mut vectors = BTreeMap::from([
-            (TASK2VEC.to_string(), index.clone()),
-            (MODEL2VEC.to_string(), index),
+            (TASK2VEC.to_string(), derived.index.clone()),
+            (MODEL2VEC.to_string(), derived.index),
             (HESSIAN.to_string(), trained_on.hessian.clone()),
         ]);
         if has_scale {
@@ -559,13 +684,15 @@ impl Store {
 
     /// Number of stored experts.
     pub fn count_experts(&self) -> Result<usize> {
-        self.experts.count()
+        self.experts.count(&Filter::default())
     }
 
     /// Sets the trivial embedding t0 of the asymmetric distance (for the Monte-Carlo and
     /// per-example estimators, the embedding of a task's images with random labels; see the
-    /// core library's `docs/trivial-embedding.md`), saves it in the store and recomputes the
-    /// `complexity` payload (`d_sym(point, t0)`) of every stored task and expert.
+    /// core library's `docs/trivial-embedding.md`), saves it in the store and recomputes, for
+    /// every stored task and expert, the `complexity` payload (`d_sym(point, t0)`) and, when
+    /// the transform is relative to t0, the index vectors ([`Store::rederive`]: minutes for
+    /// 100k points). Interrupted, it is finished by the next open of the store.
     ///
     /// Errors: [`Error::Mismatch`] for an embedding of another space, or in a variational
     /// store, where every embedding's own prior is its trivial embedding.
@@ -581,18 +708,16 @@ impl Store {
         let mut stored = trivial.clone();
         stored.meta.layout = self.space().layout.clone();
         self.location.write_trivial(&stored)?;
-        *self.trivial.write().unwrap_or_else(PoisonError::into_inner) =
-            Some(trivial.hessian.clone());
-        self.recompute_complexity(self.tasks())?;
-        self.recompute_complexity(self.experts())
+        *self.trivial.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(
+            Trivial::new(trivial.hessian.clone(), &self.manifest.transform),
+        ));
+        self.rederive()?;
+        Ok(())
     }
 
     /// The hessian of the trivial embedding, when the store has one.
     pub fn trivial(&self) -> Option<Vec<f32>> {
-        self.trivial
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.current_trivial().map(|t| t.hessian.clone())
     }
 
     /// The whole trivial embedding as stored, when the store has one.
@@ -600,39 +725,70 @@ impl Store {
         self.location.read_trivial(self.space())
     }
 
-    /// `d_sym(hessian, t0)`: with the store's trivial embedding, or for variational
+    /// `d_sym(hessian, t0)`: with the trivial embedding `trivial`, or for variational
     /// embeddings with their own prior (`scale`); `None` when neither is known.
-    pub(crate) fn complexity(&self, hessian: &[f32], scale: &[f32]) -> Result<Option<f64>> {
+    fn complexity_with(
+        &self,
+        hessian: &[f32],
+        scale: &[f32],
+        trivial: Option<&Trivial>,
+    ) -> Result<Option<f64>> {
         if self.space().estimator == Estimator::Variational {
             return Ok(Some(d_sym(hessian, scale)?));
         }
-        let trivial = self.trivial.read().unwrap_or_else(PoisonError::into_inner);
-        Ok(match trivial.as_ref() {
-            Some(t) => Some(d_sym(hessian, t)?),
+        Ok(match trivial {
+            Some(t) => Some(d_sym(hessian, &t.hessian)?),
             None => None,
         })
     }
 
-    /// Recomputes the `complexity` payload of every point of `c`.
-    pub(crate) fn recompute_complexity(&self, c: &dyn Collection) -> Result<()> {
-        let ids: Vec<Uuid> = scroll_all(c, &Filter::default())?
-            .iter()
-            .map(|p| p.id)
-            .collect();
-        for chunk in ids.chunks(RECOMPUTE_BATCH) {
-            for point in c.retrieve(chunk, WithVectors::Only(raw_vectors(self.space())))? {
-                let hessian = self.dense(c, &point, HESSIAN)?;
-                let scale = match self.dense(c, &point, SCALE) {
-                    Ok(s) => s.to_vec(),
-                    Err(_) => vec![1.0; hessian.len()],
-                };
-                let complexity = self.complexity(hessian, &scale)?;
-                let mut payload = Payload::new();
-                payload.insert("complexity".into(), serde_json::json!(complexity));
-                c.set_payload(point.id, payload)?;
+    /// Brings every point derived with another trivial embedding than the store's (payload
+    /// `t0` other than [`Store::derivation_mark`]) up to date: its index vectors,
+    /// `index_norm` and `complexity`. Run by [`Store::set_trivial`] and when a store is
+    /// opened (finishing an interrupted `set_trivial`, or upgrading points written before
+    /// these fields: one filtered count per collection when nothing is stale). Points are
+    /// rewritten whole, one batch at a time; returns how many.
+    pub fn rederive(&self) -> Result<usize> {
+        let mark = self.derivation_mark();
+        let current = Filter {
+            must: vec![Condition::Equals {
+                key: T0,
+                value: mark.clone(),
+            }],
+            exclude_ids: Vec::new(),
+        };
+        let mut done = 0;
+        for kind in [Kind::Tasks, Kind::Experts] {
+            let c = self.collection(kind);
+            if c.count(&current)? == c.count(&Filter::default())? {
+                continue;
+            }
+            let stale: Vec<Uuid> = scroll_all(c, &Filter::default())?
+                .into_iter()
+                .filter(|p| p.payload.get(T0).and_then(Value::as_str) != Some(mark.as_str()))
+                .map(|p| p.id)
+                .collect();
+            for chunk in stale.chunks(RECOMPUTE_BATCH) {
+                let mut points = c.retrieve(chunk, WithVectors::All)?;
+                for point in &mut points {
+                    let hessian = self.dense(c, point, HESSIAN)?;
+                    let scale = match self.dense(c, point, SCALE) {
+                        Ok(s) => s.to_vec(),
+                        Err(_) => vec![1.0; hessian.len()],
+                    };
+                    let derived = self.derive(hessian, &scale)?;
+                    for name in [TASK2VEC, MODEL2VEC] {
+                        if let Some(v) = point.vectors.get_mut(name) {
+                            v.clone_from(&derived.index);
+                        }
+                    }
+                    derived.write_payload(&mut point.payload);
+                }
+                done += points.len();
+                c.upsert(points)?;
             }
         }
-        Ok(())
+        Ok(done)
     }
 
     /// Builds the HNSW indexes of both collections of an embedded store (blocking; Qdrant Edge

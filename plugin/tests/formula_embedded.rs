@@ -23,7 +23,7 @@ mod common;
 use std::collections::HashMap;
 
 use common::{embedding, trivial_embedding, Normal};
-use task2vec_qdrant::{Expert, SelectOptions, Store, VectorSpace};
+use task2vec_qdrant::{Expert, FormulaOptions, SelectOptions, Store, VectorSpace, FORMULA_KAPPA};
 use uuid::Uuid;
 
 const ZOO: usize = 150;
@@ -66,9 +66,9 @@ fn the_formula_ranking_agrees_with_the_exact_re_rank() {
     }
     store.set_trivial(&trivial_embedding()).expect("trivial");
 
-    // The scale between the two scores: 1 − cosine ≈ slope · d_sym on this zoo (least squares
-    // through the origin over every target–expert pair), so `slope · alpha` is the formula
-    // weight that matches `alpha` in d_asym.
+    // The scale between d_sym and the squared distance of index vectors: d_sym ≈ κ·D²/(2n),
+    // D² = |u|² + |v|² − 2|u||v|·cosine (least squares through the origin over every
+    // target–expert pair).
     let targets: Vec<_> = (0..TARGETS)
         .map(|q| {
             embedding(
@@ -86,30 +86,60 @@ fn the_formula_ranking_agrees_with_the_exact_re_rank() {
         .iter()
         .map(|t| store.select_experts(t, &all).expect("exact"))
         .collect();
+    let norm = |h: &[f32]| -> f64 {
+        let u = store.index_vector(h).expect("index");
+        u.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt()
+    };
+    let expert_norm: HashMap<Uuid, f64> = store
+        .list_experts()
+        .expect("list")
+        .into_iter()
+        .map(|(id, _)| {
+            let e = store.get_expert(id).expect("get").expect("expert");
+            (id, norm(&e.trained_on.hessian))
+        })
+        .collect();
+    let n = targets[0].hessian.len() as f64;
     let (mut xy, mut xx) = (0.0, 0.0);
-    for ranked in &exact {
+    for (t, ranked) in targets.iter().zip(&exact) {
+        let v = norm(&t.hessian);
         for r in ranked {
-            xy += r.d_sym * (1.0 - f64::from(r.cosine));
-            xx += r.d_sym * r.d_sym;
+            let u = expert_norm[&r.id];
+            let d2 = u * u + v * v - 2.0 * u * v * f64::from(r.cosine);
+            xy += r.d_sym * d2 / (2.0 * n);
+            xx += (d2 / (2.0 * n)).powi(2);
         }
     }
-    let slope = xy / xx;
-    println!("1 - cosine ≈ {slope:.4} · d_sym on this zoo");
+    let kappa = xy / xx;
+    println!("d_sym ≈ {kappa:.4} · |u − v|² / (2n) on this zoo (FORMULA_KAPPA = {FORMULA_KAPPA})");
 
     let mut rows = Vec::new();
-    for (label, weight) in [("alpha", ALPHA), ("slope · alpha", slope * ALPHA)] {
-        let (mut top1, mut recall, mut tau) = (0, 0.0, 0.0);
+    for (label, kappa) in [("FORMULA_KAPPA", FORMULA_KAPPA), ("fitted", kappa)] {
+        let (mut top1, mut recall, mut tau, mut err) = (0, 0.0, 0.0, 0.0_f64);
         for (target, ranked) in targets.iter().zip(&exact) {
             let truth: Vec<Uuid> = ranked.iter().take(10).map(|r| r.id).collect();
+            let options = FormulaOptions {
+                alpha: ALPHA,
+                prefetch: 100,
+                limit: 10,
+                kappa,
+            };
             let hits = store
-                .rank_experts_by_formula(target, 100, weight as f32, 10)
+                .rank_experts_by_formula(target, &options)
                 .expect("formula");
             assert_eq!(hits.len(), 10);
             top1 += usize::from(hits[0].id == truth[0]);
             recall += hits.iter().filter(|h| truth.contains(&h.id)).count() as f64 / 10.0;
             // Kendall tau over the whole zoo: formula score vs −d_asym.
             let everything = store
-                .rank_experts_by_formula(target, ZOO, weight as f32, ZOO)
+                .rank_experts_by_formula(
+                    target,
+                    &FormulaOptions {
+                        prefetch: ZOO,
+                        limit: ZOO,
+                        ..options
+                    },
+                )
                 .expect("formula");
             let score: HashMap<Uuid, f64> = everything
                 .iter()
@@ -118,26 +148,27 @@ fn the_formula_ranking_agrees_with_the_exact_re_rank() {
             let (a, b): (Vec<f64>, Vec<f64>) =
                 ranked.iter().map(|r| (score[&r.id], -r.d_asym)).unzip();
             tau += kendall_tau(&a, &b);
+            // The score reads as −d_asym: its error, relative to the spread of d_asym.
+            let spread = ranked[ranked.len() - 1].d_asym - ranked[0].d_asym;
+            for r in ranked {
+                err = err.max((score[&r.id] + r.d_asym).abs() / spread);
+            }
         }
         let recall = recall / TARGETS as f64;
         let tau = tau / TARGETS as f64;
         println!(
-            "formula weight {label} = {weight:.4}: top-1 agreement {top1}/{TARGETS}, \
-             recall@10 {recall:.3}, Kendall tau {tau:.3}"
+            "formula with kappa {label} = {kappa:.4}: top-1 agreement {top1}/{TARGETS}, \
+             recall@10 {recall:.3}, Kendall tau {tau:.3}, |score + d_asym| ≤ {err:.3} of the \
+             d_asym spread"
         );
         rows.push((top1, recall, tau));
     }
     assert!(
-        (0.2..0.35).contains(&slope),
-        "1 - cosine vs d_sym slope {slope}: the documented weight no longer holds"
+        (0.8..1.25).contains(&(kappa / FORMULA_KAPPA)),
+        "fitted kappa {kappa}: FORMULA_KAPPA = {FORMULA_KAPPA} no longer holds"
     );
-    let (top1, recall, tau) = rows[1];
+    let (top1, recall, tau) = rows[0];
     assert!(top1 >= 15, "top-1 agreement {top1}/{TARGETS}");
     assert!(recall >= 0.9, "recall@10 {recall}");
     assert!(tau >= 0.9, "Kendall tau {tau}");
-    let (raw_top1, raw_recall, _) = rows[0];
-    assert!(
-        raw_top1 <= top1 && raw_recall <= recall,
-        "the calibrated weight should agree at least as well"
-    );
 }

@@ -35,12 +35,17 @@ fn the_documented_python_builds_the_stores_index_vector() {
     let input = dir.path().join("input.json");
     std::fs::write(
         &input,
-        serde_json::json!({ "hessian": e.hessian, "layout": space.layout }).to_string(),
+        serde_json::json!({
+            "hessian": e.hessian,
+            "layout": space.layout,
+            "t0": common::fixture_hessians()[4],
+        })
+        .to_string(),
     )
     .expect("write input");
     let script = format!(
         "{code}\nimport json, sys\nd = json.load(open(sys.argv[1]))\n\
-         print(json.dumps([float(v) for v in index_vector(d['hessian'], d['layout'])]))\n"
+         print(json.dumps([float(v) for v in index_vector(d['hessian'], d['layout'], d['t0'])]))\n"
     );
     let pypi = assets().join("pypi");
     let out = Command::new("python3")
@@ -57,8 +62,12 @@ fn the_documented_python_builds_the_stores_index_vector() {
         String::from_utf8_lossy(&out.stderr)
     );
     let python: Vec<f32> = serde_json::from_slice(&out.stdout).expect("a JSON array");
-    let rust = IndexTransform::default()
-        .apply(&e.hessian, &space)
+    // The default transform, relative to a trivial embedding (the fixture's random-label one).
+    let t = IndexTransform::default();
+    let centre = t.centre(&common::fixture_hessians()[4]);
+    assert!(centre.is_some(), "the default transform is relative to t0");
+    let rust = t
+        .apply(&e.hessian, &space, centre.as_ref())
         .expect("index vector");
     assert_eq!(python.len(), rust.len());
     let scale = rust.iter().fold(0.0_f32, |m, v| m.max(v.abs()));

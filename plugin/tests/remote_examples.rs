@@ -14,7 +14,7 @@ use std::process::Command;
 
 use common::{embedding, trivial_embedding, Normal};
 use remote::{rest_url, server_url, RemoteStore};
-use task2vec_qdrant::{Expert, Hit, Store, VectorSpace};
+use task2vec_qdrant::{Expert, FormulaOptions, Hit, Store, VectorSpace, FORMULA_KAPPA};
 use uuid::Uuid;
 
 fn example(name: &str) -> PathBuf {
@@ -89,14 +89,22 @@ fn the_curl_and_python_examples_rank_as_the_store_does() {
         let vector_file = dir.path().join(format!("target{q}.json"));
         std::fs::write(&vector_file, serde_json::to_string(&index).expect("json"))
             .expect("write vector");
+        let options = FormulaOptions {
+            alpha: 0.15,
+            prefetch: 20,
+            limit: 10,
+            kappa: FORMULA_KAPPA,
+        };
         let expected = store
-            .rank_experts_by_formula(&target, 20, 0.15, 10)
+            .rank_experts_by_formula(&target, &options)
             .expect("formula");
+        let slope = FORMULA_KAPPA / (2.0 * target.hessian.len() as f64);
         let args = [
             vector_file.display().to_string(),
             "0.15".into(),
             "20".into(),
             "10".into(),
+            format!("{slope:e}"),
         ];
         let collection = r.collection("experts");
 

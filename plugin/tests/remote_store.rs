@@ -16,8 +16,8 @@ use common::{embedding, fixture_embedding, perturbed, trivial_embedding};
 use remote::{server_url, RemoteStore};
 use task2vec::fisher::Estimator;
 use task2vec_qdrant::{
-    task_point_id, Error, Expert, RemoteConfig, SelectOptions, SimilarOptions, Store, StoreConfig,
-    Tags, TaskFilter, VectorSpace,
+    task_point_id, Error, Expert, FormulaOptions, RemoteConfig, SelectOptions, SimilarOptions,
+    Store, StoreConfig, Tags, TaskFilter, VectorSpace,
 };
 
 fn space() -> VectorSpace {
@@ -267,6 +267,12 @@ fn remote_queries_match_the_embedded_engine() {
         prefetch: 8,
         limit: 8,
     };
+    let formula = FormulaOptions {
+        alpha: 0.15,
+        prefetch: 8,
+        limit: 8,
+        ..FormulaOptions::default()
+    };
     for i in 0..4 {
         let target = embedding("new-data", perturbed(i, 0.1, 7 + i as u64));
         let a = remote
@@ -282,10 +288,10 @@ fn remote_queries_match_the_embedded_engine() {
             assert!((x.cosine - y.cosine).abs() < 1e-4);
         }
         let fa = remote
-            .rank_experts_by_formula(&target, 8, 0.15, 8)
+            .rank_experts_by_formula(&target, &formula)
             .expect("remote formula");
         let fb = local
-            .rank_experts_by_formula(&target, 8, 0.15, 8)
+            .rank_experts_by_formula(&target, &formula)
             .expect("local formula");
         assert_eq!(
             fa.iter().map(|h| h.id).collect::<Vec<_>>(),

@@ -6,7 +6,9 @@ mod common;
 
 use common::{embedding, fixture_embedding, mixture, perturbed, trivial_embedding};
 use task2vec::distance::d_sym;
-use task2vec_qdrant::{Error, Expert, SelectOptions, Store, VectorSpace};
+use task2vec_qdrant::{
+    Error, Expert, FormulaOptions, SelectOptions, Store, VectorSpace, FORMULA_KAPPA,
+};
 
 fn expert(key: &str) -> Expert {
     Expert {
@@ -109,7 +111,7 @@ fn the_complexity_term_comes_from_the_trivial_embedding() {
 }
 
 #[test]
-fn the_formula_query_scores_cosine_plus_alpha_complexity() {
+fn the_formula_query_scores_minus_the_law_of_cosines_d_asym() {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = Store::open(dir.path(), &VectorSpace::of(&fixture_embedding(0))).expect("store");
     let mut rng = common::Normal::new(5);
@@ -123,27 +125,42 @@ fn the_formula_query_scores_cosine_plus_alpha_complexity() {
             .expect("upsert");
     }
     store.set_trivial(&trivial_embedding()).expect("trivial");
-    let alpha = 0.15_f32;
+    let alpha = 0.15;
+    let n = fixture_embedding(0).hessian.len() as f64;
+    let s = FORMULA_KAPPA / (2.0 * n);
 
     let mut top1_agree = 0;
     let targets = 8;
     for q in 0..targets {
         let target = embedding("target", common::random_mixture(&mut rng, 900 + q));
         let hits = store
-            .rank_experts_by_formula(&target, 24, alpha, 24)
+            .rank_experts_by_formula(
+                &target,
+                &FormulaOptions {
+                    alpha,
+                    prefetch: 24,
+                    limit: 24,
+                    kappa: FORMULA_KAPPA,
+                },
+            )
             .expect("formula query");
         assert_eq!(hits.len(), 24, "every prefetched expert is re-scored");
-        let qv = unit(store.index_vector(&target.hessian).expect("index"));
+        let v = store.index_vector(&target.hessian).expect("index");
         for h in &hits {
             let e = store.get_expert(h.id).expect("get").expect("expert");
-            let ev = unit(store.index_vector(&e.trained_on.hessian).expect("index"));
-            let cos: f64 = qv.iter().zip(&ev).map(|(a, b)| a * b).sum();
+            let u = store.index_vector(&e.trained_on.hessian).expect("index");
+            // The law of cosines in the formula is the plain squared distance.
+            let d2: f64 = u
+                .iter()
+                .zip(&v)
+                .map(|(&a, &b)| (f64::from(a) - f64::from(b)).powi(2))
+                .sum();
             let complexity =
                 d_sym(&e.trained_on.hessian, &store.trivial().expect("t0")).expect("d_sym");
-            let expected = cos + f64::from(alpha) * complexity;
+            let expected = -(s * d2 - alpha * complexity);
             assert!(
-                (f64::from(h.score) - expected).abs() < 1e-4,
-                "score {} vs cosine {cos} + alpha * {complexity}",
+                (f64::from(h.score) - expected).abs() < 1e-4 * (1.0 + expected.abs()),
+                "score {} vs −(s·|u − v|² − alpha · {complexity}) = {expected}",
                 h.score
             );
         }
@@ -152,7 +169,7 @@ fn the_formula_query_scores_cosine_plus_alpha_complexity() {
             .select_experts(
                 &target,
                 &SelectOptions {
-                    alpha: f64::from(alpha),
+                    alpha,
                     prefetch: 24,
                     limit: 24,
                 },
@@ -168,11 +185,6 @@ fn the_formula_query_scores_cosine_plus_alpha_complexity() {
         top1_agree >= 6,
         "formula top-1 agreement {top1_agree}/{targets}"
     );
-}
-
-fn unit(v: Vec<f32>) -> Vec<f64> {
-    let n = v.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
-    v.into_iter().map(|x| f64::from(x) / n).collect()
 }
 
 #[test]
@@ -241,4 +253,81 @@ fn select_matches_a_brute_force_d_asym_ranking_of_the_whole_zoo() {
         Err(Error::NotFound { what: "task", .. }) => {}
         other => panic!("expected not found, got {other:?}"),
     }
+}
+
+/// Largest difference between the cosine the store's prefetch scored each expert with and the
+/// cosine of the index vectors the store computes now (for `target` and the expert's task).
+fn stored_cosine_error(store: &Store, target: &task2vec::embedding::Embedding) -> f64 {
+    let options = SelectOptions {
+        alpha: 0.0,
+        prefetch: 8,
+        limit: 8,
+    };
+    let v = store.index_vector(&target.hessian).expect("index");
+    let ranked = store.select_experts(target, &options).expect("select");
+    assert_eq!(ranked.len(), 8);
+    ranked
+        .iter()
+        .map(|r| {
+            let e = store.get_expert(r.id).expect("get").expect("expert");
+            let u = store.index_vector(&e.trained_on.hessian).expect("index");
+            (cosine(&u, &v) - f64::from(r.cosine)).abs()
+        })
+        .fold(0.0, f64::max)
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot = |x: &[f32], y: &[f32]| -> f64 {
+        x.iter()
+            .zip(y)
+            .map(|(&p, &q)| f64::from(p) * f64::from(q))
+            .sum()
+    };
+    dot(a, b) / (dot(a, a) * dot(b, b)).sqrt()
+}
+
+#[test]
+fn index_vectors_follow_the_trivial_embedding_even_after_an_interruption() {
+    let space = VectorSpace::of(&fixture_embedding(0));
+    let target = embedding("target", mixture([0.5, 0.3, 0.2, 0.0], 0.1, 77));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Store::open(dir.path(), &space).expect("store");
+    zoo(&store);
+    assert_eq!(store.derivation_mark(), "none");
+    let before = store.index_vector(&target.hessian).expect("index");
+    assert!(stored_cosine_error(&store, &target) < 1e-4);
+
+    // Setting t0 re-derives every stored index vector relative to it.
+    store.set_trivial(&trivial_embedding()).expect("trivial");
+    let mark = store.trivial_mark().expect("mark");
+    assert_eq!(store.derivation_mark(), mark);
+    assert_eq!(mark.len(), 16);
+    let after = store.index_vector(&target.hessian).expect("index");
+    assert!(
+        cosine(&before, &after) < 0.99,
+        "the default index is relative to t0 once the store has one"
+    );
+    let err = stored_cosine_error(&store, &target);
+    assert!(err < 1e-4, "stored index vectors re-derived (error {err})");
+    assert_eq!(store.rederive().expect("rederive"), 0, "nothing left stale");
+
+    // A trivial embedding saved while the points were not re-derived yet (a crash in the
+    // middle of `set_trivial`): the next open finishes the job.
+    let other = tempfile::tempdir().expect("temp dir");
+    let stale = Store::open(other.path(), &space).expect("store");
+    zoo(&stale);
+    stale.close();
+    std::fs::copy(
+        dir.path().join("trivial.safetensors"),
+        other.path().join("trivial.safetensors"),
+    )
+    .expect("copy t0");
+    let reopened = Store::open(other.path(), &space).expect("reopen");
+    assert_eq!(reopened.trivial_mark().as_deref(), Some(mark.as_str()));
+    let err = stored_cosine_error(&reopened, &target);
+    assert!(err < 1e-4, "re-derived on open (error {err})");
+    let ranked = reopened
+        .select_experts(&target, &SelectOptions::default())
+        .expect("select with alpha: complexities were derived too");
+    assert!(ranked.iter().all(|r| r.complexity > 0.0));
 }

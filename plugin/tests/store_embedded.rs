@@ -75,17 +75,21 @@ fn edge_vectors(dir: &std::path::Path, collection: &str) -> serde_json::Value {
     config["vectors"].clone()
 }
 
-/// Calls `check` with every index vector's engine parameters (`collection.name` first), after
-/// checking the raw vectors of both collections.
+/// Calls `check` with every searched index vector's engine parameters (`collection.name`
+/// first), after checking the raw vectors of both collections and the experts' `task2vec` copy
+/// (never searched: on disk, no graph).
 fn for_each_index_vector(dir: &std::path::Path, check: impl Fn(&str, &serde_json::Value)) {
-    for (collection, index_vectors) in [
-        ("tasks", &["task2vec"][..]),
-        ("experts", &["task2vec", "model2vec"][..]),
-    ] {
+    for (collection, searched) in [("tasks", "task2vec"), ("experts", "model2vec")] {
         let vectors = edge_vectors(dir, collection);
         assert_raw_vectors_on_disk(&vectors, collection);
-        for name in index_vectors {
-            check(&format!("{collection}.{name}"), &vectors[name]);
+        check(&format!("{collection}.{searched}"), &vectors[searched]);
+        if collection == "experts" {
+            let copy = &vectors["task2vec"];
+            assert_eq!(copy["size"], vectors["model2vec"]["size"], "{copy}");
+            assert_eq!(copy["distance"], "Cosine", "{copy}");
+            assert_eq!(copy["on_disk"], true, "{copy}");
+            assert_eq!(copy["hnsw_config"]["m"], 0, "{copy}");
+            assert!(copy.get("quantization_config").is_none(), "{copy}");
         }
     }
 }
@@ -147,6 +151,8 @@ fn an_invalid_transform_is_refused_at_creation() {
     let bad = IndexTransform::LayeredSketch {
         floor_rel: 1e-4,
         sketch_dim: 0,
+        relative_to_trivial: true,
+        saturate: 0.0,
     };
     let m = mismatch_message(Store::open_with(dir.path(), &space(), bad).map(|_| ()));
     assert!(m.contains("sketch_dim"), "{m}");

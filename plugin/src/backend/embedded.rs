@@ -16,18 +16,18 @@ use qdrant_edge::external::ordered_float::OrderedFloat;
 use qdrant_edge::{
     CountRequest, CreateIndex, Distance, EdgeConfig, EdgeOptimizersConfig, EdgeShard,
     EdgeVectorParams, Expression, FieldCondition, FieldIndexOperations, Formula, HnswIndexConfig,
-    JsonPath, Match, NamedQuery, PayloadFieldSchema, PayloadOps, PayloadSchemaType, PointId,
+    JsonPath, Match, NamedQuery, PayloadFieldSchema, PayloadSchemaType, PointId,
     PointInsertOperations, PointOperations, PointStruct, Prefetch, QuantizationConfig,
     QuantizationSearchParams, QueryEnum, QueryRequest, Range, ScalarQuantizationConfig, ScalarType,
-    ScoredPoint, ScoringQuery, ScrollRequest, SearchParams, SetPayloadOp, UpdateOperation,
-    VectorInternal, VectorStructInternal, Vectors, WithPayloadInterface, WithVector,
+    ScoredPoint, ScoringQuery, ScrollRequest, SearchParams, UpdateOperation, VectorInternal,
+    VectorStructInternal, Vectors, WithPayloadInterface, WithVector,
 };
 use task2vec::embedding::Embedding;
 use uuid::Uuid;
 
 use super::{
-    Collection, Condition, FieldKind, Filter, FormulaQuery, IndexedField, Nearest, Payload, Point,
-    Scored, VectorKind, VectorSpec, WithVectors,
+    Collection, Condition, FieldKind, Filter, FormulaQuery, IndexedField, Nearest, Point, Scored,
+    VectorKind, VectorSpec, WithVectors, COMPLEXITY, INDEX_NORM,
 };
 use crate::store::{check_manifest_version, Manifest};
 use crate::{Error, Result, VectorSpace};
@@ -210,17 +210,14 @@ fn vector_params(v: &VectorSpec) -> EdgeVectorParams {
             .on_disk(true)
             .quantization_config(int8_in_ram())
             .build(),
-        VectorKind::Raw => {
-            // m = 0 builds no graph: these vectors are read by id, never searched.
-            let no_graph = HnswIndexConfig {
+        // m = 0 builds no graph: these vectors are read by id, never searched.
+        VectorKind::IndexCopy | VectorKind::Raw => EdgeVectorParams::builder(v.size, distance(v))
+            .on_disk(true)
+            .hnsw_config(HnswIndexConfig {
                 m: 0,
                 ..HnswIndexConfig::default()
-            };
-            EdgeVectorParams::builder(v.size, Distance::Dot)
-                .on_disk(true)
-                .hnsw_config(no_graph)
-                .build()
-        }
+            })
+            .build(),
     }
 }
 
@@ -462,19 +459,6 @@ impl Collection for EdgeCollection {
             .map_err(|e| engine(self.name, "upsert", e))
     }
 
-    fn set_payload(&self, id: Uuid, payload: Payload) -> Result<()> {
-        self.shard()?
-            .update(UpdateOperation::PayloadOperation(PayloadOps::SetPayload(
-                SetPayloadOp {
-                    payload: qdrant_edge::Payload(payload.into_iter().collect()),
-                    points: Some(vec![PointId::Uuid(id)]),
-                    filter: None,
-                    key: None,
-                },
-            )))
-            .map_err(|e| engine(self.name, "set payload", e))
-    }
-
     fn delete(&self, ids: &[Uuid]) -> Result<()> {
         self.shard()?
             .update(UpdateOperation::PointOperation(
@@ -535,10 +519,10 @@ impl Collection for EdgeCollection {
         Ok((page, next))
     }
 
-    fn count(&self) -> Result<usize> {
+    fn count(&self, filter: &Filter) -> Result<usize> {
         self.shard()?
             .count(CountRequest {
-                filter: None,
+                filter: edge_filter(self.name, filter)?,
                 exact: true,
             })
             .map_err(|e| engine(self.name, "count", e))
@@ -563,15 +547,27 @@ impl Collection for EdgeCollection {
     }
 
     fn formula(&self, query: &FormulaQuery) -> Result<Vec<Scored>> {
+        let [cross, square, constant, alpha] = query.terms();
+        let var = |name: &str| Expression::Variable(name.into());
         let formula = Formula {
             formula: Expression::Sum(vec![
-                Expression::Variable("$score".into()),
                 Expression::Mult(vec![
-                    Expression::Constant(query.alpha),
-                    Expression::Variable(query.variable.into()),
+                    Expression::Constant(cross),
+                    var(INDEX_NORM),
+                    var("$score"),
                 ]),
+                Expression::Mult(vec![
+                    Expression::Constant(square),
+                    var(INDEX_NORM),
+                    var(INDEX_NORM),
+                ]),
+                Expression::Constant(constant),
+                Expression::Mult(vec![Expression::Constant(alpha), var(COMPLEXITY)]),
             ]),
-            defaults: HashMap::from([(query.variable.to_string(), serde_json::json!(0.0))]),
+            defaults: HashMap::from([
+                (INDEX_NORM.to_string(), serde_json::json!(0.0)),
+                (COMPLEXITY.to_string(), serde_json::json!(0.0)),
+            ]),
         };
         let formula = formula
             .try_into()

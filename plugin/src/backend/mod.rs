@@ -77,12 +77,16 @@ pub(crate) enum VectorKind {
     /// A full-length index vector (older transforms), searched by cosine: HNSW graph, an int8
     /// scalar quantized copy in RAM, the f32 originals on disk for rescoring.
     QuantizedIndex,
+    /// An index vector kept for readers but never searched by the store (the experts'
+    /// `task2vec`, equal to their `model2vec`): cosine, on disk, no graph, so it costs neither
+    /// RAM nor indexing time.
+    IndexCopy,
     /// A raw vector, read by id only for the exact re-rank: dot distance, on disk, no graph.
     Raw,
 }
 
 impl VectorKind {
-    /// Whether it is searched by cosine (else read by id).
+    /// Whether it is an index vector, with cosine distance (else a raw vector, read by id).
     pub fn is_index(self) -> bool {
         self != VectorKind::Raw
     }
@@ -166,18 +170,45 @@ pub(crate) struct Nearest {
     pub limit: usize,
 }
 
-/// `prefetch` re-scored by `$score + alpha * variable` (`variable` a numeric payload key,
-/// 0 where absent), best first.
+/// `prefetch` re-scored by the formula that approximates `−d_asym` from the cosine `$score`
+/// and the payload keys `index_norm` (`|u|`) and `complexity` (`c`), best first:
+///
+/// ```text
+/// 2 s |v| · |u| · $score  −  s · |u|²  −  s |v|²  +  alpha · c   =  −(s |u − v|² − alpha · c)
+/// ```
+///
+/// (`v` the query's index vector; both payload keys 0 where absent).
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct FormulaQuery {
     /// The cosine prefetch.
     pub prefetch: Nearest,
-    /// The weight of the payload term.
-    pub alpha: f32,
-    /// The numeric payload key added.
-    pub variable: &'static str,
+    /// `s`: `d_sym` per squared Euclidean distance of index vectors.
+    pub slope: f64,
+    /// `|v|`: the norm of the query's index vector.
+    pub query_norm: f64,
+    /// The weight of the complexity term.
+    pub alpha: f64,
     /// Number of points returned.
     pub limit: usize,
+}
+
+/// Payload key: the Euclidean norm of a point's index vector.
+pub(crate) const INDEX_NORM: &str = "index_norm";
+/// Payload key: `d_sym(point, t0)`.
+pub(crate) const COMPLEXITY: &str = "complexity";
+
+impl FormulaQuery {
+    /// The constant factors `(2 s |v|, −s, −s |v|², alpha)` of the four terms, as f32 (what
+    /// Qdrant's formula constants are).
+    pub fn terms(&self) -> [f32; 4] {
+        let (s, v) = (self.slope, self.query_norm);
+        [
+            (2.0 * s * v) as f32,
+            (-s) as f32,
+            (-s * v * v) as f32,
+            self.alpha as f32,
+        ]
+    }
 }
 
 /// One Qdrant collection, whichever backend holds it.
@@ -189,8 +220,6 @@ pub(crate) trait Collection: Send + Sync {
     fn name(&self) -> &str;
     /// Inserts or replaces points (same id: the old point is replaced whole).
     fn upsert(&self, points: Vec<Point>) -> Result<()>;
-    /// Sets (adds or overwrites) payload keys of one point, keeping the others.
-    fn set_payload(&self, id: Uuid, payload: Payload) -> Result<()>;
     /// Deletes points; absent ids are ignored.
     fn delete(&self, ids: &[Uuid]) -> Result<()>;
     /// The points with these ids that exist, with payload and the vectors asked for.
@@ -204,8 +233,8 @@ pub(crate) trait Collection: Send + Sync {
         offset: Option<Uuid>,
         limit: usize,
     ) -> Result<(Vec<Point>, Option<Uuid>)>;
-    /// The exact number of points.
-    fn count(&self) -> Result<usize>;
+    /// The exact number of points passing `filter`.
+    fn count(&self, filter: &Filter) -> Result<usize>;
     /// Cosine nearest neighbours, best first: ids and scores only (no payload, no vectors;
     /// `retrieve` reads what the caller needs).
     fn search(&self, query: &Nearest) -> Result<Vec<Scored>>;

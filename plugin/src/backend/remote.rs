@@ -23,9 +23,9 @@ use qdrant_client::qdrant::{
     DeletePointsBuilder, Distance, Expression, FieldType, FormulaBuilder, GetPointsBuilder,
     HnswConfigDiffBuilder, PointId, PointStruct, PointsIdsList, PrefetchQueryBuilder,
     QuantizationSearchParamsBuilder, QuantizationType, Query, QueryPointsBuilder, Range,
-    ScalarQuantizationBuilder, ScrollPointsBuilder, SearchParamsBuilder, SetPayloadPointsBuilder,
-    UpsertPointsBuilder, Value, VectorParamsBuilder, VectorsConfig, VectorsConfigBuilder,
-    VectorsOutput, VectorsSelector,
+    ScalarQuantizationBuilder, ScrollPointsBuilder, SearchParamsBuilder, UpsertPointsBuilder,
+    Value, VectorParamsBuilder, VectorsConfig, VectorsConfigBuilder, VectorsOutput,
+    VectorsSelector,
 };
 use qdrant_client::{Payload as QdrantPayload, Qdrant, QdrantError};
 use task2vec::embedding::{Embedding, EmbeddingMeta};
@@ -33,7 +33,7 @@ use uuid::Uuid;
 
 use super::{
     Collection, FieldKind, Filter, FormulaQuery, IndexedField, Nearest, Payload, Point, Scored,
-    VectorKind, VectorSpec, WithVectors,
+    VectorKind, VectorSpec, WithVectors, COMPLEXITY, INDEX_NORM,
 };
 use crate::config::RemoteConfig;
 use crate::point_id::NAMESPACE;
@@ -151,7 +151,10 @@ impl Client {
                         .quantile(0.99)
                         .always_ram(true),
                 ),
-            // m = 0 builds no graph: raw vectors are read by id, never searched.
+            // m = 0 builds no graph: these vectors are read by id, never searched.
+            VectorKind::IndexCopy => VectorParamsBuilder::new(v.size as u64, Distance::Cosine)
+                .on_disk(self.config.on_disk)
+                .hnsw_config(HnswConfigDiffBuilder::default().m(0)),
             VectorKind::Raw => VectorParamsBuilder::new(v.size as u64, Distance::Dot)
                 .on_disk(self.config.on_disk)
                 .hnsw_config(HnswConfigDiffBuilder::default().m(0)),
@@ -531,20 +534,6 @@ impl Collection for RemoteCollection {
         self.client.upsert(&self.name, points)
     }
 
-    fn set_payload(&self, id: Uuid, payload: Payload) -> Result<()> {
-        let request = SetPayloadPointsBuilder::new(&self.name, QdrantPayload::from(payload))
-            .points_selector(PointsIdsList {
-                ids: vec![id.to_string().into()],
-            })
-            .wait(true);
-        self.client
-            .call(
-                || format!("set the payload of point {id} in `{}`", self.name),
-                self.client.qdrant.set_payload(request),
-            )
-            .map(|_| ())
-    }
-
     fn delete(&self, ids: &[Uuid]) -> Result<()> {
         let request = DeletePointsBuilder::new(&self.name)
             .points(PointsIdsList {
@@ -596,14 +585,16 @@ impl Collection for RemoteCollection {
         Ok((page, next))
     }
 
-    fn count(&self) -> Result<usize> {
+    fn count(&self, filter: &Filter) -> Result<usize> {
+        let mut request = CountPointsBuilder::new(&self.name).exact(true);
+        if let Some(f) = remote_filter(filter) {
+            request = request.filter(f);
+        }
         let n = self
             .client
             .call(
                 || format!("count the points of `{}`", self.name),
-                self.client
-                    .qdrant
-                    .count(CountPointsBuilder::new(&self.name).exact(true)),
+                self.client.qdrant.count(request),
             )?
             .result
             .map(|r| r.count)
@@ -642,14 +633,26 @@ impl Collection for RemoteCollection {
         if let Some(f) = remote_filter(&p.filter) {
             prefetch = prefetch.filter(f);
         }
+        let [cross, square, constant, alpha] = query.terms();
         let formula = FormulaBuilder::new(Expression::sum_with([
-            Expression::score(),
             Expression::mult_with([
-                Expression::constant(query.alpha),
-                Expression::variable(query.variable),
+                Expression::constant(cross),
+                Expression::variable(INDEX_NORM),
+                Expression::score(),
+            ]),
+            Expression::mult_with([
+                Expression::constant(square),
+                Expression::variable(INDEX_NORM),
+                Expression::variable(INDEX_NORM),
+            ]),
+            Expression::constant(constant),
+            Expression::mult_with([
+                Expression::constant(alpha),
+                Expression::variable(COMPLEXITY),
             ]),
         ]))
-        .add_default(query.variable, 0.0_f64);
+        .add_default(INDEX_NORM, 0.0_f64)
+        .add_default(COMPLEXITY, 0.0_f64);
         let request = QueryPointsBuilder::new(&self.name)
             .add_prefetch(prefetch)
             .query(Query::new_formula(formula))
