@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use task2vec::embedding::Embedding;
+use task2vec::fisher::Estimator;
 use task2vec_qdrant::{Error as StoreError, Store, Tags, VectorSpace};
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -60,6 +61,8 @@ enum Prepared {
     Done(Outcome),
     Embedded {
         embedding: Arc<Embedding>,
+        /// The trivial embedding of the same images, computed when the store has none yet.
+        trivial: Option<Arc<Embedding>>,
         fingerprint: String,
         stats: EmbedStats,
     },
@@ -96,9 +99,17 @@ pub(crate) async fn run_job(
         Prepared::Done(outcome) => return outcome,
         Prepared::Embedded {
             embedding,
+            trivial,
             fingerprint,
             stats,
-        } => (Write::Upsert { embedding, stats }, fingerprint),
+        } => (
+            Write::Upsert {
+                embedding,
+                trivial,
+                stats,
+            },
+            fingerprint,
+        ),
         Prepared::Repoint {
             from,
             id,
@@ -161,6 +172,8 @@ enum Write {
     /// A new embedding.
     Upsert {
         embedding: Arc<Embedding>,
+        /// Set as the store's trivial embedding if it still has none.
+        trivial: Option<Arc<Embedding>>,
         stats: EmbedStats,
     },
     /// Move the point `id` of the vanished dataset `from` here.
@@ -263,10 +276,40 @@ fn prepare(shared: &Shared, path: &Path, ready: &Stamp) -> Prepared {
         Ok(s) if s.same_content(ready) => {}
         _ => return Prepared::Done(Outcome::Changed),
     }
+    // The first dataset of a store also gives it its trivial embedding (same images, random
+    // labels): the complexity term of d_asym and the index relative to t0 need one.
+    let trivial = if needs_trivial(shared, &embedding) {
+        tracing::info!(dataset = %uri, "computing the store's trivial embedding");
+        match shared.embedder.embed_trivial(&dataset, &uri) {
+            Ok(t) => Some(Arc::new(t)),
+            Err(e) => {
+                tracing::warn!(dataset = %uri, error = %e,
+                    "cannot compute the trivial embedding; the next dataset will try again");
+                None
+            }
+        }
+    } else {
+        None
+    };
     Prepared::Embedded {
         embedding: Arc::new(embedding),
+        trivial,
         fingerprint,
         stats,
+    }
+}
+
+/// Whether the store (or the one this embedding will create) has no trivial embedding and
+/// needs one: every estimator but the variational one, whose prior is its own t0.
+fn needs_trivial(shared: &Shared, embedding: &Embedding) -> bool {
+    if embedding.estimator() == Estimator::Variational {
+        return false;
+    }
+    match shared.store.open_existing() {
+        Ok(Some(store)) => store.trivial().is_none(),
+        Ok(None) => true,
+        // Unreachable now: the write will say so; no extra embedding for it.
+        Err(_) => false,
     }
 }
 
@@ -284,9 +327,21 @@ fn daemon_tags(shared: &Shared, path: &Path) -> Tags {
 fn write_to_store(shared: &Shared, path: &Path, write: &Write) -> Result<Option<Uuid>, StoreError> {
     let uri = uri_of(path);
     let (store, id) = match write {
-        Write::Upsert { embedding, .. } => {
+        Write::Upsert {
+            embedding, trivial, ..
+        } => {
             let store = shared.store.for_write(&VectorSpace::of(embedding))?;
             let id = store.upsert_task(embedding, &daemon_tags(shared, path))?;
+            if let Some(t) = trivial {
+                if store.trivial().is_none() {
+                    // The task is stored whatever happens here; the next dataset retries.
+                    match store.set_trivial(t) {
+                        Ok(()) => tracing::info!(from = %uri, "trivial embedding set"),
+                        Err(e) => tracing::warn!(from = %uri, error = %e,
+                            "cannot set the trivial embedding"),
+                    }
+                }
+            }
             (store, id)
         }
         Write::Repoint { from, id: old } => {

@@ -2,7 +2,8 @@
 //! datasets are taken at once, every dataset becomes searchable through the HTTP API, a
 //! changed dataset is re-embedded onto the same point, a deleted one leaves the store, a
 //! corrupt one is parked (and retried once fixed) while the daemon stays up, SIGTERM stops it
-//! cleanly and the store reopens with exactly what is on disk.
+//! cleanly and the store reopens with exactly what is on disk, and with the trivial embedding
+//! the first dataset gave it.
 
 mod common;
 
@@ -217,4 +218,14 @@ fn datasets_are_indexed_changed_deleted_and_parked() {
         .map(|p| (p.to_string_lossy().into_owned(), fingerprint(p)))
         .collect();
     assert_eq!(stored, on_disk);
+    // The first dataset indexed gave the store its trivial embedding (its images, random
+    // labels).
+    let t0 = store.trivial_embedding().expect("read t0").expect("t0 set");
+    assert!(t0.meta.settings.random_labels);
+    let first = [&a, &b].map(|p| p.to_string_lossy().into_owned());
+    assert!(
+        first.contains(&t0.meta.dataset.path),
+        "{}",
+        t0.meta.dataset.path
+    );
 }
