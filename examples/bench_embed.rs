@@ -178,6 +178,8 @@ fn run(args: Args) -> task2vec::Result<serde_json::Value> {
 }
 
 fn main() -> ExitCode {
+    // As `t2v` does (T2V_RETAIN_FREED_MEMORY=0 measures glibc's default instead).
+    task2vec::malloc::retain_freed_memory();
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {

@@ -22,6 +22,7 @@
 //!   embedding;
 //! - [`distance`]: the Task2Vec distances (d_sym, d_asym, KL family), pdist / cdist;
 //! - [`threads`]: the compute thread count, set once at start-up;
+//! - [`malloc`]: the allocator policy the binaries choose at start-up (freed memory kept);
 //! - [`error`]: the typed error every function returns.
 
 pub mod dataset;
@@ -30,6 +31,7 @@ pub mod embedding;
 pub mod error;
 pub mod fisher;
 pub mod head;
+pub mod malloc;
 pub mod pipeline;
 pub mod probe;
 pub mod threads;

@@ -88,6 +88,8 @@ enum Command {
 }
 
 fn main() {
+    // Before any large allocation: freed activations stay in the process (src/malloc.rs).
+    task2vec::malloc::retain_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
         // The daemon logs and sizes its threads as its configuration says.

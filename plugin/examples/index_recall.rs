@@ -39,24 +39,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let centre = t.centre(trivial);
         Box::new(move |h: &[f32]| t.apply(h, &space, centre.as_ref()))
     };
-    let sketch = |sketch_dim, relative_to_trivial, saturate| IndexTransform::LayeredSketch {
+    let sketch = |sketch_dim, relative_to_trivial| IndexTransform::LayeredSketch {
         floor_rel: 1e-4,
         sketch_dim,
         relative_to_trivial,
-        saturate,
     };
     let mut transforms: Vec<(String, Index)> = Vec::new();
     for d in [1024, 2048, 4096, 8192] {
-        transforms.push((format!("layered_sketch {d}"), of(sketch(d, false, 0.0))));
+        transforms.push((format!("layered_sketch {d}"), of(sketch(d, false))));
     }
-    for d in [1024, 2048, 4096, 8192] {
-        transforms.push((format!("layered_sketch {d} − t0"), of(sketch(d, true, 0.0))));
-    }
-    for c in [0.5, 1.0, 2.0, 4.0] {
-        transforms.push((
-            format!("layered_sketch 4096 − t0 sat {c}"),
-            of(sketch(4096, true, c)),
-        ));
+    for d in [1024, 2048, 4096, 8192, 16384] {
+        transforms.push((format!("layered_sketch {d} − t0"), of(sketch(d, true))));
     }
     let full = IndexTransform::CenteredLog { floor_rel: 1e-4 };
     transforms.push(("centered_log (full)".to_string(), of(full)));

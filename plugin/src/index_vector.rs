@@ -54,11 +54,6 @@ pub enum IndexTransform {
         /// exact top 10 rises markedly (BENCHMARKS.md). Stores made before it read `false`.
         #[serde(default)]
         relative_to_trivial: bool,
-        /// When positive, each coordinate of `x` (after the centre is taken off) becomes
-        /// `c · tanh(x_i / c)`: log-ratios beyond about `c` count as saturated, as they do in
-        /// `d_sym` (whose per-coordinate term is a logistic of the log-ratio). 0: none.
-        #[serde(default)]
-        saturate: f32,
     },
     /// `x_i = ln(max(h_i, floor)) − mean_j ln(max(h_j, floor))`, with
     /// `floor = floor_rel · mean of the positive entries of h`. The floor keeps exact zeros
@@ -79,7 +74,6 @@ impl Default for IndexTransform {
             floor_rel: 1e-4,
             sketch_dim: 4096,
             relative_to_trivial: true,
-            saturate: 0.0,
         }
     }
 }
@@ -170,7 +164,6 @@ impl IndexTransform {
             IndexTransform::LayeredSketch {
                 floor_rel,
                 sketch_dim,
-                saturate,
                 ..
             } => {
                 let mut x = centered_log(hessian, floor_rel);
@@ -187,10 +180,6 @@ impl IndexTransform {
                     if x.iter().zip(c).any(|(v, m)| v != m) {
                         x.iter_mut().zip(c).for_each(|(v, m)| *v -= m);
                     }
-                }
-                if saturate > 0.0 {
-                    let c = f64::from(saturate);
-                    x.iter_mut().for_each(|v| *v = c * (*v / c).tanh());
                 }
                 layered_sketch(&x, &modules(layout, hessian.len()), sketch_dim)
             }

@@ -152,7 +152,6 @@ fn an_invalid_transform_is_refused_at_creation() {
         floor_rel: 1e-4,
         sketch_dim: 0,
         relative_to_trivial: true,
-        saturate: 0.0,
     };
     let m = mismatch_message(Store::open_with(dir.path(), &space(), bad).map(|_| ()));
     assert!(m.contains("sketch_dim"), "{m}");

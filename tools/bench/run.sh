@@ -120,12 +120,14 @@ if [ "$what" = malloc ] || [ "$what" = all ]; then
     : >"$OUT/malloc.jsonl"
     # glibc serves every buffer over 32 MiB with a fresh mmap and unmaps it on free, so each
     # large tensor costs page faults and zeroing; these settings keep freed memory in the heap.
+    # The Rust binaries keep freed memory by themselves (src/malloc.rs); T2V_RETAIN_FREED_MEMORY=0
+    # gives them glibc's default for the comparison.
     TUNED="env MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736"
     for round in 1 2; do
         for probe in "efficientnet-lite0 $EFFNET 224 128" "resnet18 $RESNET 32 512"; do
             set -- $probe
+            record malloc "$round" env T2V_RETAIN_FREED_MEMORY=0 $(rust "$@")
             record malloc "$round" $(rust "$@")
-            record malloc "$round" $TUNED $(rust "$@")
             record malloc "$round" $(torch "$@")
             record malloc "$round" $TUNED $(torch "$@")
         done

@@ -85,7 +85,11 @@ def memory(rows):
 def malloc(rows):
     groups = defaultdict(list)
     for r in rows:
-        tuned = "MALLOC_MMAP_MAX_=0" in r["command"]
+        # Rust keeps freed memory unless told not to; PyTorch only with the glibc variables.
+        if r["side"] == "rust":
+            tuned = "T2V_RETAIN_FREED_MEMORY=0" not in r["command"]
+        else:
+            tuned = "MALLOC_MMAP_MAX_=0" in r["command"]
         groups[(r["arch"], r["image_size"], r["images"], r["side"], tuned)].append(r)
     print("| probe | px | images | side | allocator | runs | features img/s | Fisher img/s "
           "| total s | peak RSS MiB |")

@@ -25,6 +25,8 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    // Before any large allocation: freed activations stay in the process.
+    task2vec::malloc::retain_freed_memory();
     let args = Args::parse();
     let config = match load_config(args.config.as_deref()) {
         Ok(c) => c,
