@@ -37,6 +37,17 @@ impl BatchNorm {
     /// N·H·W, as PyTorch does in training), with gradients flowing through them; the running
     /// statistics are left untouched.
     pub fn forward(&self, x: &Tensor, fwd: Forward) -> Result<Tensor> {
+        if fwd.bn == BnMode::Train && x.rank() >= 3 {
+            // One fused operation (statistics, normalisation, affine, and their backward),
+            // instead of the ten full-size tensors of the composition below.
+            return super::ops::batch_norm_train(
+                x,
+                &param(&self.weight, fwd),
+                &param(&self.bias, fwd),
+                self.eps,
+                false,
+            );
+        }
         let c = self.running_mean.dim(0)?;
         let rank = x.rank();
         let mut shape = vec![1usize; rank];
