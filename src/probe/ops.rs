@@ -8,8 +8,9 @@
 //!
 //! - [`depthwise_conv2d`]: a depthwise k×k convolution with TensorFlow "SAME" padding, whose
 //!   backward computes the input and kernel gradients directly, in parallel over planes;
-//! - [`channel_matmul`], [`pointwise_conv`], [`conv2d_same`]: 1×1 convolutions and (through
-//!   im2col) dense ones as per-image matrix products, the kernel gradient accumulated in place;
+//! - [`channel_matmul`], [`pointwise_conv`], [`conv2d_same`], [`conv2d`]: 1×1 convolutions
+//!   and (through im2col) dense ones as per-image matrix products, the kernel gradient
+//!   accumulated in place;
 //! - [`bias_act`], [`batch_norm_train`]: batch-norm epilogues fused with ReLU6;
 //! - [`relu6`]: `min(max(x, 0), 6)` with PyTorch's derivative, 1 only for `0 < x < 6`.
 //!
@@ -32,7 +33,7 @@ mod matmul;
 
 pub use batch_norm::{batch_norm_train, bias_act};
 pub use depthwise::depthwise_conv2d;
-pub use matmul::{channel_matmul, conv2d_same, pointwise_conv};
+pub use matmul::{channel_matmul, conv2d, conv2d_same, pointwise_conv};
 
 /// Minimum number of multiply-adds one parallel task should get, so tiny planes (2×2 at the end
 /// of the network on 64-pixel inputs) are grouped instead of paying rayon's per-task cost.
@@ -97,6 +98,22 @@ impl Window {
             out_h: ph.out,
             out_w: pw.out,
         }
+    }
+
+    /// PyTorch's convolution window: `pad` zeros on every side, output
+    /// `(h + 2·pad − k) / stride + 1` (None when the padded input is smaller than the kernel).
+    fn symmetric(h: usize, w: usize, k: usize, stride: usize, pad: usize) -> Option<Self> {
+        let out = |len: usize| (len + 2 * pad).checked_sub(k).map(|r| r / stride + 1);
+        Some(Window {
+            h,
+            w,
+            k,
+            stride,
+            pad_top: pad,
+            pad_left: pad,
+            out_h: out(h)?,
+            out_w: out(w)?,
+        })
     }
 
     fn in_plane(&self) -> usize {

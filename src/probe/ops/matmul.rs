@@ -573,6 +573,272 @@ pub fn conv2d_same(x: &Tensor, kernel: &Tensor, stride: usize) -> Result<Tensor>
     Ok(y.reshape((n, o, win.out_h, win.out_w))?)
 }
 
+/// Dense convolution without bias and with PyTorch's symmetric zero padding, as
+/// `F.conv2d(x, kernel, stride=stride, padding=padding)`: `x` `[N, C, H, W]`, `kernel`
+/// `[O, C, k, k]`, output `[N, O, (H + 2p − k) / s + 1, (W + 2p − k) / s + 1]`.
+///
+/// On the CPU (f32, f64) each image is unfolded (im2col, padding folded in) and multiplied by
+/// the kernel as an `[O, C·k·k]` matrix. The backward pass unfolds each image again instead of
+/// keeping the columns (k² times the input) in the graph: the kernel gradient accumulates
+/// `Σ_b dY_b · cols_bᵀ` in place, the input gradient folds `Kᵀ · dY_b` back (col2im); it
+/// needs no zero-stuffing for strides and computes only the gradients that are tracked.
+/// Elsewhere it is candle's `conv2d`.
+pub fn conv2d(x: &Tensor, kernel: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
+    let stride = stride.max(1);
+    if !x.device().is_cpu() || !matches!(x.dtype(), DType::F32 | DType::F64) {
+        return Ok(x.conv2d(kernel, padding, stride, 1, 1)?);
+    }
+    let op = DenseConv { stride, padding };
+    Ok(x.contiguous()?.apply_op2(&kernel.contiguous()?, op)?)
+}
+
+/// The operation behind [`conv2d`].
+#[derive(Debug, Clone, Copy)]
+struct DenseConv {
+    stride: usize,
+    padding: usize,
+}
+
+impl DenseConv {
+    fn window(&self, x: (usize, usize, usize, usize), k: usize) -> candle_core::Result<Window> {
+        let (_, _, h, w) = x;
+        match Window::symmetric(h, w, k, self.stride, self.padding) {
+            Some(win) => Ok(win),
+            None => bail!(
+                "conv2d: a {k}×{k} kernel does not fit a {h}×{w} input padded by {}",
+                self.padding
+            ),
+        }
+    }
+
+    /// `y_b = K · cols(x_b)` for every image.
+    fn forward<T: WithDType>(
+        x: &[T],
+        kernel: &[T],
+        (n, c): (usize, usize),
+        o: usize,
+        win: Window,
+    ) -> candle_core::Result<Vec<T>> {
+        let (inp, outp, ckk) = (win.in_plane(), win.out_plane(), c * win.k * win.k);
+        let mut y = vec![T::from_f64(0.0); n * o * outp];
+        for_each_image(&mut y, o * outp, |b, yb, par| {
+            let cols = Im2Col::forward(&x[b * c * inp..(b + 1) * c * inp], c, win);
+            let k = MatRef {
+                data: kernel,
+                rs: ckk,
+                cs: 1,
+            };
+            let cols = MatRef {
+                data: &cols,
+                rs: outp,
+                cs: 1,
+            };
+            gemm_into(yb, (o, outp, ckk), k, cols, false, par)
+        })?;
+        Ok(y)
+    }
+
+    /// `dx_b = col2im(Kᵀ · dY_b)` for every image.
+    fn grad_input<T: WithDType>(
+        grad: &[T],
+        kernel: &[T],
+        (n, c): (usize, usize),
+        o: usize,
+        win: Window,
+    ) -> candle_core::Result<Vec<T>> {
+        let (inp, outp, ckk) = (win.in_plane(), win.out_plane(), c * win.k * win.k);
+        let mut gx = vec![T::from_f64(0.0); n * c * inp];
+        for_each_image(&mut gx, c * inp, |b, gxb, par| {
+            let mut cols = vec![T::from_f64(0.0); ckk * outp];
+            let kt = MatRef {
+                data: kernel,
+                rs: 1,
+                cs: ckk,
+            };
+            let gy = MatRef {
+                data: &grad[b * o * outp..(b + 1) * o * outp],
+                rs: outp,
+                cs: 1,
+            };
+            gemm_into(&mut cols, (ckk, outp, o), kt, gy, false, par)?;
+            gxb.copy_from_slice(&Im2Col::backward(&cols, win));
+            Ok(())
+        })?;
+        Ok(gx)
+    }
+
+    /// `dK = Σ_b dY_b · cols(x_b)ᵀ`, accumulated image after image.
+    fn grad_kernel<T: WithDType>(
+        x: &[T],
+        grad: &[T],
+        (n, c): (usize, usize),
+        o: usize,
+        win: Window,
+    ) -> candle_core::Result<Vec<T>> {
+        let (inp, outp, ckk) = (win.in_plane(), win.out_plane(), c * win.k * win.k);
+        let mut gk = vec![T::from_f64(0.0); o * ckk];
+        let par = match rayon::current_num_threads() {
+            0 | 1 => Parallelism::None,
+            t => Parallelism::Rayon(t),
+        };
+        for b in 0..n {
+            let cols = Im2Col::forward(&x[b * c * inp..(b + 1) * c * inp], c, win);
+            let gy = MatRef {
+                data: &grad[b * o * outp..(b + 1) * o * outp],
+                rs: outp,
+                cs: 1,
+            };
+            let cols_t = MatRef {
+                data: &cols,
+                rs: 1,
+                cs: outp,
+            };
+            gemm_into(&mut gk, (o, ckk, outp), gy, cols_t, b > 0, par)?;
+        }
+        Ok(gk)
+    }
+}
+
+impl CustomOp2 for DenseConv {
+    fn name(&self) -> &'static str {
+        "conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = dims4(l1, "conv2d input")?;
+        let (o, kc, k, k2) = dims4(l2, "conv2d kernel")?;
+        if kc != c || k2 != k {
+            bail!(
+                "conv2d: kernel {:?} does not fit input {:?}",
+                l2.dims(),
+                l1.dims()
+            );
+        }
+        let win = self.window((n, c, h, w), k)?;
+        let out = match (s1, s2) {
+            (CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(Self::forward(
+                contiguous_slice(s1, l1)?,
+                contiguous_slice(s2, l2)?,
+                (n, c),
+                o,
+                win,
+            )?),
+            (CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(Self::forward(
+                contiguous_slice(s1, l1)?,
+                contiguous_slice(s2, l2)?,
+                (n, c),
+                o,
+                win,
+            )?),
+            _ => bail!(
+                "conv2d supports f32 and f64 only, got {:?} and {:?}",
+                s1.dtype(),
+                s2.dtype()
+            ),
+        };
+        Ok((out, Shape::from((n, o, win.out_h, win.out_w))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        kernel: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let x_dims = x.dims4()?;
+        let k_dims = kernel.dims4()?;
+        let gx = if x.track_op() {
+            let op = DenseConvGrad {
+                conv: *self,
+                x_dims,
+                k: k_dims.2,
+                of_input: true,
+            };
+            Some(grad.apply_op2_no_bwd(&kernel.detach(), &op)?)
+        } else {
+            None
+        };
+        let gk = if kernel.track_op() {
+            let op = DenseConvGrad {
+                conv: *self,
+                x_dims,
+                k: k_dims.2,
+                of_input: false,
+            };
+            Some(grad.apply_op2_no_bwd(&x.detach(), &op)?.reshape(k_dims)?)
+        } else {
+            None
+        };
+        Ok((gx, gk))
+    }
+}
+
+/// Backward of [`DenseConv`]: `(dY, K)` -> `dX` when `of_input`, else `(dY, X)` -> `dK`
+/// (as `[O, C·k·k]`).
+struct DenseConvGrad {
+    conv: DenseConv,
+    x_dims: (usize, usize, usize, usize),
+    /// Kernel side.
+    k: usize,
+    of_input: bool,
+}
+
+impl CustomOp2 for DenseConvGrad {
+    fn name(&self) -> &'static str {
+        "conv2d-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = self.x_dims;
+        let (gn, o, gh, gw) = dims4(l1, "conv2d gradient")?;
+        let k = self.k;
+        let win = self.conv.window(self.x_dims, k)?;
+        if gn != n || (win.out_h, win.out_w) != (gh, gw) {
+            bail!(
+                "conv2d backward: gradient {:?} does not fit input {:?}",
+                l1.dims(),
+                self.x_dims
+            );
+        }
+        macro_rules! run {
+            ($t:ty, $variant:ident) => {{
+                let g = contiguous_slice::<$t>(s1, l1)?;
+                let other = contiguous_slice::<$t>(s2, l2)?;
+                if self.of_input {
+                    CpuStorage::$variant(DenseConv::grad_input(g, other, (n, c), o, win)?)
+                } else {
+                    CpuStorage::$variant(DenseConv::grad_kernel(other, g, (n, c), o, win)?)
+                }
+            }};
+        }
+        let out = match (s1.dtype(), s2.dtype()) {
+            (DType::F32, DType::F32) => run!(f32, F32),
+            (DType::F64, DType::F64) => run!(f64, F64),
+            (a, b) => bail!("conv2d supports f32 and f64 only, got {a:?} and {b:?}"),
+        };
+        let shape = if self.of_input {
+            Shape::from((n, c, h, w))
+        } else {
+            Shape::from((o, c * k * k))
+        };
+        Ok((out, shape))
+    }
+}
+
 /// 1×1 convolution without bias: `x` `[N, C, H, W]`, `kernel` `[O, C, 1, 1]` (or `[O, C]`),
 /// as [`channel_matmul`] over the flattened spatial axis.
 pub fn pointwise_conv(x: &Tensor, kernel: &Tensor) -> Result<Tensor> {
