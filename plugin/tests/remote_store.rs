@@ -147,12 +147,12 @@ fn check_collection_settings(r: &RemoteStore) {
         (
             "tasks",
             &["task2vec"][..],
-            &["dataset_uri", "samples", "n_classes", "tag_pairs"][..],
+            &["dataset_uri", "samples", "n_classes", "tag_pairs", "t0"][..],
         ),
         (
             "experts",
-            &["task2vec", "model2vec"][..],
-            &["key", "tag_pairs"][..],
+            &["model2vec"][..],
+            &["key", "tag_pairs", "t0"][..],
         ),
     ] {
         let info = r.info(collection);
@@ -175,6 +175,15 @@ fn check_collection_settings(r: &RemoteStore) {
             assert_eq!((v.size, v.distance), (4194, Distance::Cosine as i32));
             assert_eq!(v.on_disk, Some(false), "{collection}.{name}");
             assert!(v.quantization_config.is_none(), "{collection}.{name}");
+        }
+        if collection == "experts" {
+            // The `task2vec` copy of `model2vec`: never searched, on disk, no graph.
+            let v = &map.map["task2vec"];
+            assert_eq!((v.size, v.distance), (4194, Distance::Cosine as i32));
+            assert_eq!(v.on_disk, Some(true));
+            assert_eq!(v.hnsw_config.as_ref().and_then(|h| h.m), Some(0));
+        } else {
+            assert!(!map.map.contains_key("model2vec"), "{collection}");
         }
         // Raw vectors on disk, no graph; `scale` only in variational stores.
         let v = &map.map["hessian"];
