@@ -150,6 +150,15 @@ fn mark_of(trivial: Option<&Trivial>) -> String {
     trivial.map_or_else(|| "none".to_string(), |t| t.mark.clone())
 }
 
+/// What [`Store::rederive`] did.
+#[derive(Debug, Default)]
+pub struct Rederived {
+    /// Points re-derived and rewritten.
+    pub points: usize,
+    /// Points left as they were, each with what is wrong ([`Error::Corrupt`]).
+    pub skipped: Vec<Error>,
+}
+
 /// The store's two collections.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Kind {
@@ -747,8 +756,13 @@ impl Store {
     /// `index_norm` and `complexity`. Run by [`Store::set_trivial`] and when a store is
     /// opened (finishing an interrupted `set_trivial`, or upgrading points written before
     /// these fields: one filtered count per collection when nothing is stale). Points are
-    /// rewritten whole, one batch at a time; returns how many.
-    pub fn rederive(&self) -> Result<usize> {
+    /// rewritten whole, one batch at a time. A point that cannot be derived (no raw vector,
+    /// a vector of the wrong length) is left as it is and reported, not fatal: it says what is
+    /// wrong whenever it is read, and the rest of the store stays usable.
+    ///
+    /// Errors: [`Error::Engine`] (and the remote errors) when the engine fails; nothing is
+    /// lost then, and the next call or open takes up where it stopped.
+    pub fn rederive(&self) -> Result<Rederived> {
         let mark = self.derivation_mark();
         let current = Filter {
             must: vec![Condition::Equals {
@@ -757,7 +771,7 @@ impl Store {
             }],
             exclude_ids: Vec::new(),
         };
-        let mut done = 0;
+        let mut done = Rederived::default();
         for kind in [Kind::Tasks, Kind::Experts] {
             let c = self.collection(kind);
             if c.count(&current)? == c.count(&Filter::default())? {
@@ -769,26 +783,38 @@ impl Store {
                 .map(|p| p.id)
                 .collect();
             for chunk in stale.chunks(RECOMPUTE_BATCH) {
-                let mut points = c.retrieve(chunk, WithVectors::All)?;
-                for point in &mut points {
-                    let hessian = self.dense(c, point, HESSIAN)?;
-                    let scale = match self.dense(c, point, SCALE) {
-                        Ok(s) => s.to_vec(),
-                        Err(_) => vec![1.0; hessian.len()],
-                    };
-                    let derived = self.derive(hessian, &scale)?;
-                    for name in [TASK2VEC, MODEL2VEC] {
-                        if let Some(v) = point.vectors.get_mut(name) {
-                            v.clone_from(&derived.index);
-                        }
+                let mut points = Vec::with_capacity(chunk.len());
+                for mut point in c.retrieve(chunk, WithVectors::All)? {
+                    match self.rederive_point(c, &mut point) {
+                        Ok(()) => points.push(point),
+                        Err(e) => done.skipped.push(e),
                     }
-                    derived.write_payload(&mut point.payload);
                 }
-                done += points.len();
-                c.upsert(points)?;
+                done.points += points.len();
+                if !points.is_empty() {
+                    c.upsert(points)?;
+                }
             }
         }
         Ok(done)
+    }
+
+    fn rederive_point(&self, c: &dyn Collection, point: &mut Point) -> Result<()> {
+        let hessian = self.dense(c, point, HESSIAN)?;
+        let scale = match self.dense(c, point, SCALE) {
+            Ok(s) => s.to_vec(),
+            Err(_) => vec![1.0; hessian.len()],
+        };
+        let derived = self
+            .derive(hessian, &scale)
+            .map_err(|e| corrupt(c, point.id, format!("cannot derive its index vector: {e}")))?;
+        for name in [TASK2VEC, MODEL2VEC] {
+            if let Some(v) = point.vectors.get_mut(name) {
+                v.clone_from(&derived.index);
+            }
+        }
+        derived.write_payload(&mut point.payload);
+        Ok(())
     }
 
     /// Builds the HNSW indexes of both collections of an embedded store (blocking; Qdrant Edge

@@ -309,7 +309,9 @@ fn index_vectors_follow_the_trivial_embedding_even_after_an_interruption() {
     );
     let err = stored_cosine_error(&store, &target);
     assert!(err < 1e-4, "stored index vectors re-derived (error {err})");
-    assert_eq!(store.rederive().expect("rederive"), 0, "nothing left stale");
+    let again = store.rederive().expect("rederive");
+    assert_eq!(again.points, 0, "nothing left stale");
+    assert!(again.skipped.is_empty());
 
     // A trivial embedding saved while the points were not re-derived yet (a crash in the
     // middle of `set_trivial`): the next open finishes the job.
@@ -330,4 +332,65 @@ fn index_vectors_follow_the_trivial_embedding_even_after_an_interruption() {
         .select_experts(&target, &SelectOptions::default())
         .expect("select with alpha: complexities were derived too");
     assert!(ranked.iter().all(|r| r.complexity > 0.0));
+}
+
+#[test]
+fn a_point_that_cannot_be_derived_is_reported_and_does_not_block_the_store() {
+    use qdrant_edge::{
+        EdgeShard, PointId, PointInsertOperations, PointOperations, PointStruct, UpdateOperation,
+        Vectors,
+    };
+    let space = VectorSpace::of(&fixture_embedding(0));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Store::open(dir.path(), &space).expect("store");
+    zoo(&store);
+    let index_len = store.transform().len(&space);
+    store.close();
+    // Another tool writes a point without its raw vector into the experts shard.
+    let broken = uuid::Uuid::from_u128(7);
+    {
+        let shard = EdgeShard::load(&dir.path().join("experts"), None).expect("open the shard");
+        let vectors =
+            std::collections::HashMap::from([("model2vec".to_string(), vec![0.5_f32; index_len])]);
+        let point = PointStruct::new(
+            PointId::Uuid(broken),
+            Vectors::from(vectors),
+            serde_json::json!({"t0": "stale"}),
+        );
+        shard
+            .update(UpdateOperation::PointOperation(
+                PointOperations::UpsertPoints(PointInsertOperations::PointsList(
+                    vec![point.into()],
+                )),
+            ))
+            .expect("write the broken point");
+    }
+    // Setting t0 re-derives every other point and reports this one; the store stays usable.
+    let store = Store::open(dir.path(), &space).expect("open despite the broken point");
+    store
+        .set_trivial(&trivial_embedding())
+        .expect("set_trivial");
+    let again = store.rederive().expect("rederive");
+    assert_eq!(again.points, 0, "the others are up to date");
+    assert_eq!(again.skipped.len(), 1, "{:?}", again.skipped);
+    let message = again.skipped[0].to_string();
+    assert!(
+        message.contains(&broken.to_string()) && message.contains("hessian"),
+        "{message}"
+    );
+    assert_eq!(store.count_experts().expect("count"), 9);
+    assert!(
+        store.get_expert(broken).is_err(),
+        "reading it says what is wrong"
+    );
+    // A query that meets it names it rather than ranking without it.
+    match store.select_experts(&fixture_embedding(2), &SelectOptions::default()) {
+        Err(Error::Corrupt { id, what, .. }) => {
+            assert_eq!(id, broken.to_string());
+            assert!(what.contains("hessian"), "{what}");
+        }
+        other => panic!("expected a corrupt-point error, got {other:?}"),
+    }
+    store.close();
+    Store::open(dir.path(), &space).expect("reopens");
 }
