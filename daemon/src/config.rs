@@ -306,7 +306,13 @@ impl Layers<'_> {
             StoreConfig::Embedded { path } => StoreConfig::Embedded {
                 path: absolute(&path, "store.path", self)?,
             },
-            remote => remote,
+            StoreConfig::Remote(remote) => {
+                // A malformed URL or timeout is a configuration error now, not retries later.
+                remote
+                    .validate()
+                    .map_err(|e| self.bad("store", e.to_string()))?;
+                StoreConfig::Remote(remote)
+            }
         };
         if runtime.queue_capacity == 0 {
             return Err(self.bad("daemon.queue_capacity", "must be at least 1"));
@@ -787,6 +793,30 @@ mod tests {
         // Unset embedding fields keep the library's defaults.
         assert_eq!(c.embedding.fisher.batch_size, 64);
         assert_eq!(c.log.format, LogFormat::Text);
+    }
+
+    #[test]
+    fn a_malformed_remote_store_is_a_configuration_error() {
+        let bad = load_config_with_env(
+            None,
+            env(&[
+                ("T2V__STORE__BACKEND", "remote"),
+                ("T2V__STORE__URL", "qdrant.example.com:6334"),
+            ]),
+        )
+        .map(|_| ())
+        .unwrap_err();
+        let m = message(bad);
+        assert!(m.contains("store") && m.contains("http"), "{m}");
+        let good = load_config_with_env(
+            None,
+            env(&[
+                ("T2V__STORE__BACKEND", "remote"),
+                ("T2V__STORE__URL", "http://127.0.0.1:6334"),
+            ]),
+        )
+        .unwrap();
+        assert!(matches!(good.store, StoreConfig::Remote(_)));
     }
 
     #[test]

@@ -130,8 +130,11 @@ impl RemoteConfig {
             })
     }
 
-    /// Checks the settings that can be checked without the server.
-    pub(crate) fn validate(&self) -> Result<()> {
+    /// Checks the settings that can be checked without the server (URL scheme, timeouts,
+    /// shard and replication numbers), so a configuration loader can refuse them up front.
+    ///
+    /// Errors: [`Error::Store`] naming the bad setting.
+    pub fn validate(&self) -> Result<()> {
         self.timeout()?;
         self.connect_timeout()?;
         let scheme_ok = self.url.starts_with("http://") || self.url.starts_with("https://");
