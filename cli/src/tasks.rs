@@ -97,7 +97,7 @@ fn add(a: AddArgs) -> Result<()> {
                         &resolved.embedding,
                     )?);
                 }
-                let need_trivial = store.as_ref().is_none_or(|s| s.trivial().is_none());
+                let need_trivial = store.as_ref().is_none_or(|s| s.trivial_mark().is_none());
                 let p_ref = plan.as_ref().context("embedding plan")?;
                 let (e, t) = p_ref.embed(&p, need_trivial)?;
                 if store.is_none() {

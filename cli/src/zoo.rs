@@ -165,7 +165,7 @@ fn add(a: AddArgs) -> Result<()> {
         }
         Target::Dataset(path) => {
             let plan = EmbedPlan::new(existing.as_ref(), &a.probe, &resolved.embedding)?;
-            let need_trivial = existing.as_ref().is_none_or(|s| s.trivial().is_none());
+            let need_trivial = existing.as_ref().is_none_or(|s| s.trivial_mark().is_none());
             let (e, t) = plan.embed(&path, need_trivial)?;
             let store = match existing {
                 Some(s) => s,

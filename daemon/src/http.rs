@@ -446,7 +446,7 @@ async fn add_expert(
                 .map_err(from_store)?
         }
     };
-    let needs_trivial = store.trivial().is_none()
+    let needs_trivial = store.trivial_mark().is_none()
         && embedding.meta.settings.fisher.estimator != Estimator::Variational;
     let trivial = if needs_trivial {
         let uri = resolved.dataset.clone();

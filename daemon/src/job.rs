@@ -306,7 +306,7 @@ fn needs_trivial(shared: &Shared, embedding: &Embedding) -> bool {
         return false;
     }
     match shared.store.open_existing() {
-        Ok(Some(store)) => store.trivial().is_none(),
+        Ok(Some(store)) => store.trivial_mark().is_none(),
         Ok(None) => true,
         // Unreachable now: the write will say so; no extra embedding for it.
         Err(_) => false,
@@ -333,7 +333,7 @@ fn write_to_store(shared: &Shared, path: &Path, write: &Write) -> Result<Option<
             let store = shared.store.for_write(&VectorSpace::of(embedding))?;
             let id = store.upsert_task(embedding, &daemon_tags(shared, path))?;
             if let Some(t) = trivial {
-                if store.trivial().is_none() {
+                if store.trivial_mark().is_none() {
                     // The task is stored whatever happens here; the next dataset retries.
                     match store.set_trivial(t) {
                         Ok(()) => tracing::info!(from = %uri, "trivial embedding set"),

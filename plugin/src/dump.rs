@@ -168,7 +168,7 @@ impl Store {
         };
         // The points were derived with the store's own t0; a store without one takes the
         // dump's (and re-derives the imported points with it).
-        if let (Some(t), None) = (dump_trivial, self.trivial()) {
+        if let (Some(t), None) = (dump_trivial, self.trivial_mark()) {
             self.set_trivial(&t)?;
         }
         Ok(DumpSummary {
@@ -315,16 +315,8 @@ fn import_points(
             .ok_or_else(|| bad(i + 1, "has no `hessian` vector".into()))?;
         // Derived data (index vectors, complexity and its t0 mark) is recomputed with this
         // store's transform and trivial embedding.
-        let ones;
-        let scale = match vectors.get(SCALE) {
-            Some(s) => s.as_slice(),
-            None => {
-                ones = vec![1.0; hessian.len()];
-                &ones
-            }
-        };
         let derived = store
-            .derive(hessian, scale)
+            .derive(hessian, vectors.get(SCALE).map(Vec::as_slice))
             .map_err(|e| bad(i + 1, e.to_string()))?;
         for name in index_names {
             vectors.insert(name.to_string(), derived.index.clone());

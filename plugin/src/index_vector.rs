@@ -189,7 +189,7 @@ impl IndexTransform {
                 .collect(),
             IndexTransform::Sqrt => hessian.iter().map(|&h| h.max(0.0).sqrt()).collect(),
         };
-        let norm2: f64 = out.iter().map(|&x| f64::from(x) * f64::from(x)).sum();
+        let norm2 = norm(&out).powi(2);
         if !(norm2 > 0.0 && norm2.is_finite()) {
             return Err(Error::Mismatch(format!(
                 "the index vector ({self:?}) of this embedding has norm² {norm2}: cosine \
@@ -198,6 +198,15 @@ impl IndexTransform {
         }
         Ok(out)
     }
+}
+
+/// The Euclidean norm of an index vector, summed in f64 (the payload `index_norm`, and `|v|`
+/// of a formula query).
+pub(crate) fn norm(v: &[f32]) -> f64 {
+    v.iter()
+        .map(|&x| f64::from(x) * f64::from(x))
+        .sum::<f64>()
+        .sqrt()
 }
 
 /// The point every index vector of a store is taken relative to: the centred log-vector of its

@@ -216,11 +216,7 @@ impl Store {
             )));
         }
         let index = self.index_vector(&target.hessian)?;
-        let query_norm = index
-            .iter()
-            .map(|&x| f64::from(x) * f64::from(x))
-            .sum::<f64>()
-            .sqrt();
+        let query_norm = crate::index_vector::norm(&index);
         let hits = self.experts().formula(&FormulaQuery {
             prefetch: Nearest {
                 using: MODEL2VEC,

@@ -31,10 +31,9 @@ use task2vec::embedding::{Embedding, EmbeddingMeta};
 use task2vec::fisher::Estimator;
 use uuid::Uuid;
 
-use crate::backend::Condition;
 use crate::backend::{
-    scroll_all, Collection, FieldKind, Filter, IndexedField, Location, Nearest, Payload, Point,
-    Scored, VectorKind, VectorSpec, WithVectors, COMPLEXITY, INDEX_NORM,
+    scroll_all, Collection, Condition, FieldKind, Filter, IndexedField, Location, Nearest, Payload,
+    Point, Scored, VectorKind, VectorSpec, WithVectors, COMPLEXITY, INDEX_NORM,
 };
 use crate::record::{
     tag_pairs, Expert, ExpertPayload, StoredExpert, StoredTask, Tags, TaskPayload, TaskSummary,
@@ -169,7 +168,7 @@ pub(crate) enum Kind {
 /// Points written to a collection after which the write that reaches the count optimises it
 /// ([`Store::optimize`]): ≈ 0.9 GB of vectors with the default probe.
 pub const AUTO_OPTIMIZE_WRITES: usize = 5_000;
-/// Points re-read at once when complexities are recomputed.
+/// Points re-read and rewritten at once when derived values are recomputed ([`Store::rederive`]).
 const RECOMPUTE_BATCH: usize = 64;
 const MANIFEST_FORMAT: &str = "task2vec-qdrant-store";
 /// Version of the manifest and layout; readers refuse others.
@@ -434,17 +433,14 @@ impl Store {
             .clone()
     }
 
-    /// Everything a point stores that derives from its Fisher vector and the trivial
-    /// embedding, computed with one and the same trivial embedding.
-    pub(crate) fn derive(&self, hessian: &[f32], scale: &[f32]) -> Result<Derived> {
+    /// Everything a point stores that derives from its Fisher vector (and `scale`, `None`
+    /// meaning all ones) and the trivial embedding, computed with one and the same trivial
+    /// embedding.
+    pub(crate) fn derive(&self, hessian: &[f32], scale: Option<&[f32]>) -> Result<Derived> {
         let trivial = self.current_trivial();
         let index = self.index_with(hessian, trivial.as_deref())?;
         Ok(Derived {
-            index_norm: index
-                .iter()
-                .map(|&x| f64::from(x) * f64::from(x))
-                .sum::<f64>()
-                .sqrt(),
+            index_norm: crate::index_vector::norm(&index),
             index,
             complexity: self.complexity_with(hessian, scale, trivial.as_deref())?,
             t0: mark_of(trivial.as_deref()),
@@ -489,7 +485,7 @@ impl Store {
             embedding.estimator(),
         );
         let has_scale = has_scale(embedding);
-        let derived = self.derive(&embedding.hessian, &embedding.scale)?;
+        let derived = self.derive(&embedding.hessian, Some(&embedding.scale))?;
         let payload = TaskPayload {
             schema: PAYLOAD_SCHEMA,
             dataset_uri: meta.dataset.path.clone(),
@@ -590,7 +586,7 @@ impl Store {
         let estimator = trained_on.estimator();
         let id = expert_point_id(&expert.key, &meta.probe.weights_sha256, estimator);
         let has_scale = has_scale(trained_on);
-        let derived = self.derive(&trained_on.hessian, &trained_on.scale)?;
+        let derived = self.derive(&trained_on.hessian, Some(&trained_on.scale))?;
         let payload = ExpertPayload {
             schema: PAYLOAD_SCHEMA,
             key: expert.key.clone(),
@@ -735,15 +731,19 @@ impl Store {
     }
 
     /// `d_sym(hessian, t0)`: with the trivial embedding `trivial`, or for variational
-    /// embeddings with their own prior (`scale`); `None` when neither is known.
+    /// embeddings with their own prior (`scale`, `None` meaning all ones); `None` when
+    /// neither is known.
     fn complexity_with(
         &self,
         hessian: &[f32],
-        scale: &[f32],
+        scale: Option<&[f32]>,
         trivial: Option<&Trivial>,
     ) -> Result<Option<f64>> {
         if self.space().estimator == Estimator::Variational {
-            return Ok(Some(d_sym(hessian, scale)?));
+            return Ok(Some(match scale {
+                Some(s) => d_sym(hessian, s)?,
+                None => d_sym(hessian, &vec![1.0; hessian.len()])?,
+            }));
         }
         Ok(match trivial {
             Some(t) => Some(d_sym(hessian, &t.hessian)?),
@@ -801,12 +801,9 @@ impl Store {
 
     fn rederive_point(&self, c: &dyn Collection, point: &mut Point) -> Result<()> {
         let hessian = self.dense(c, point, HESSIAN)?;
-        let scale = match self.dense(c, point, SCALE) {
-            Ok(s) => s.to_vec(),
-            Err(_) => vec![1.0; hessian.len()],
-        };
+        let scale = self.dense(c, point, SCALE).ok();
         let derived = self
-            .derive(hessian, &scale)
+            .derive(hessian, scale)
             .map_err(|e| corrupt(c, point.id, format!("cannot derive its index vector: {e}")))?;
         for name in [TASK2VEC, MODEL2VEC] {
             if let Some(v) = point.vectors.get_mut(name) {

@@ -721,27 +721,15 @@ impl CustomOp2 for DenseConv {
             );
         }
         let win = self.window((n, c, h, w), k)?;
-        let out = match (s1, s2) {
-            (CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(Self::forward(
-                contiguous_slice(s1, l1)?,
-                contiguous_slice(s2, l2)?,
-                (n, c),
-                o,
-                win,
-            )?),
-            (CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(Self::forward(
-                contiguous_slice(s1, l1)?,
-                contiguous_slice(s2, l2)?,
-                (n, c),
-                o,
-                win,
-            )?),
-            _ => bail!(
-                "conv2d supports f32 and f64 only, got {:?} and {:?}",
-                s1.dtype(),
-                s2.dtype()
-            ),
-        };
+        let out = dispatch2(
+            s1,
+            l1,
+            s2,
+            l2,
+            "conv2d",
+            |x, k| Self::forward(x, k, (n, c), o, win),
+            |x, k| Self::forward(x, k, (n, c), o, win),
+        )?;
         Ok((out, Shape::from((n, o, win.out_h, win.out_w))))
     }
 
@@ -814,21 +802,26 @@ impl CustomOp2 for DenseConvGrad {
                 self.x_dims
             );
         }
-        macro_rules! run {
-            ($t:ty, $variant:ident) => {{
-                let g = contiguous_slice::<$t>(s1, l1)?;
-                let other = contiguous_slice::<$t>(s2, l2)?;
-                if self.of_input {
-                    CpuStorage::$variant(DenseConv::grad_input(g, other, (n, c), o, win)?)
-                } else {
-                    CpuStorage::$variant(DenseConv::grad_kernel(other, g, (n, c), o, win)?)
-                }
-            }};
-        }
-        let out = match (s1.dtype(), s2.dtype()) {
-            (DType::F32, DType::F32) => run!(f32, F32),
-            (DType::F64, DType::F64) => run!(f64, F64),
-            (a, b) => bail!("conv2d supports f32 and f64 only, got {a:?} and {b:?}"),
+        let out = if self.of_input {
+            dispatch2(
+                s1,
+                l1,
+                s2,
+                l2,
+                "conv2d",
+                |g, kernel| DenseConv::grad_input(g, kernel, (n, c), o, win),
+                |g, kernel| DenseConv::grad_input(g, kernel, (n, c), o, win),
+            )?
+        } else {
+            dispatch2(
+                s1,
+                l1,
+                s2,
+                l2,
+                "conv2d",
+                |g, x| DenseConv::grad_kernel(x, g, (n, c), o, win),
+                |g, x| DenseConv::grad_kernel(x, g, (n, c), o, win),
+            )?
         };
         let shape = if self.of_input {
             Shape::from((n, c, h, w))
