@@ -35,7 +35,7 @@ use std::time::Instant;
 use candle_core::{Device, Tensor, Var};
 use serde_json::json;
 use task2vec::probe::layers::BatchNorm;
-use task2vec::probe::ops::{batch_norm_train, conv2d_same};
+use task2vec::probe::ops::{batch_norm_train, conv2d_same, Activation};
 use task2vec::probe::{BnMode, Forward};
 use task2vec::threads::configure_threads;
 
@@ -231,10 +231,9 @@ fn run(threads: usize, batch: usize, reps: usize) -> task2vec::Result<()> {
                 bn.weight.as_tensor(),
                 bn.bias.as_tensor(),
                 1e-5,
-                false,
+                Activation::Relu,
             )
-            .map_err(wrap)?
-            .relu()
+            .map_err(wrap)
         };
         for (method, f) in [
             (

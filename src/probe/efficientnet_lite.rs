@@ -22,7 +22,9 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor, Var};
 
 use super::layers::{global_avg_pool, param};
-use super::ops::{batch_norm_train, bias_act, conv2d_same, depthwise_conv2d, pointwise_conv};
+use super::ops::{
+    batch_norm_train, bias_act, conv2d_same, depthwise_conv2d, pointwise_conv, Activation,
+};
 use super::{weights, BnMode, ConvPerturbation, Forward, ParamKind, Probe, ProbeInfo, ProbeParam};
 use crate::dataset::Preprocess;
 use crate::{Error, Result};
@@ -124,7 +126,8 @@ struct ConvBn {
     kind: ConvKind,
     weight: Var,
     bn: Bn,
-    act: bool,
+    /// ReLU6 after the batch norm, or nothing (the projection convolutions).
+    act: Activation,
 }
 
 impl ConvBn {
@@ -338,7 +341,11 @@ impl Builder<'_> {
             kind,
             weight,
             bn,
-            act,
+            act: if act {
+                Activation::Relu6
+            } else {
+                Activation::Identity
+            },
         })
     }
 }

@@ -2,6 +2,7 @@
 
 use candle_core::{Tensor, Var, D};
 
+use super::ops::Activation;
 use super::{BnMode, Forward};
 use crate::Result;
 
@@ -37,17 +38,26 @@ impl BatchNorm {
     /// N·H·W, as PyTorch does in training), with gradients flowing through them; the running
     /// statistics are left untouched.
     pub fn forward(&self, x: &Tensor, fwd: Forward) -> Result<Tensor> {
+        self.forward_act(x, fwd, Activation::Identity)
+    }
+
+    /// [`Self::forward`] followed by `act`.
+    pub fn forward_act(&self, x: &Tensor, fwd: Forward, act: Activation) -> Result<Tensor> {
         if fwd.bn == BnMode::Train && x.rank() >= 3 {
-            // One fused operation (statistics, normalisation, affine, and their backward),
-            // instead of the ten full-size tensors of the composition below.
+            // One fused operation (statistics, normalisation, affine, activation, and their
+            // backward), instead of the ten full-size tensors of the composition below.
             return super::ops::batch_norm_train(
                 x,
                 &param(&self.weight, fwd),
                 &param(&self.bias, fwd),
                 self.eps,
-                false,
+                act,
             );
         }
+        act.composite(self.forward_composite(x, fwd)?)
+    }
+
+    fn forward_composite(&self, x: &Tensor, fwd: Forward) -> Result<Tensor> {
         let c = self.running_mean.dim(0)?;
         let rank = x.rank();
         let mut shape = vec![1usize; rank];

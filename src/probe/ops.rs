@@ -11,7 +11,9 @@
 //! - [`channel_matmul`], [`pointwise_conv`], [`conv2d_same`], [`conv2d`]: 1×1 convolutions
 //!   and (through im2col) dense ones as per-image matrix products, the kernel gradient
 //!   accumulated in place;
-//! - [`bias_act`], [`batch_norm_train`]: batch-norm epilogues fused with ReLU6;
+//! - [`bias_act`], [`batch_norm_train`]: batch-norm epilogues fused with an [`Activation`]
+//!   (ReLU6 for EfficientNet, ReLU for ResNet);
+//! - [`add_relu`]: ResNet's residual join `relu(a + b)` as one operation;
 //! - [`relu6`]: `min(max(x, 0), 6)` with PyTorch's derivative, 1 only for `0 < x < 6`.
 //!
 //! The CPU kernels support F32 and F64. On other devices every function falls back to an
@@ -32,6 +34,10 @@ mod depthwise;
 mod matmul;
 
 pub use batch_norm::{batch_norm_train, bias_act};
+
+/// Every [`Activation`], for the tests.
+#[cfg(test)]
+const ACTIVATIONS: [Activation; 3] = [Activation::Identity, Activation::Relu, Activation::Relu6];
 pub use depthwise::depthwise_conv2d;
 pub use matmul::{channel_matmul, conv2d, conv2d_same, pointwise_conv};
 
@@ -195,24 +201,44 @@ fn pad_same(x: &Tensor, h: usize, w: usize, k: usize, stride: usize) -> Result<T
         .pad_with_zeros(3, pw.before, pw.after)?)
 }
 
+/// Runs a two-input kernel on f32 or f64 storages of one dtype.
+fn dispatch2<F32Fn, F64Fn>(
+    s1: &CpuStorage,
+    l1: &Layout,
+    s2: &CpuStorage,
+    l2: &Layout,
+    what: &str,
+    f32_fn: F32Fn,
+    f64_fn: F64Fn,
+) -> candle_core::Result<CpuStorage>
+where
+    F32Fn: FnOnce(&[f32], &[f32]) -> candle_core::Result<Vec<f32>>,
+    F64Fn: FnOnce(&[f64], &[f64]) -> candle_core::Result<Vec<f64>>,
+{
+    Ok(match (s1.dtype(), s2.dtype()) {
+        (DType::F32, DType::F32) => CpuStorage::F32(f32_fn(
+            contiguous_slice(s1, l1)?,
+            contiguous_slice(s2, l2)?,
+        )?),
+        (DType::F64, DType::F64) => CpuStorage::F64(f64_fn(
+            contiguous_slice(s1, l1)?,
+            contiguous_slice(s2, l2)?,
+        )?),
+        (a, b) => bail!("{what} supports f32 and f64 only, got {a:?} and {b:?}"),
+    })
+}
+
 /// Forward op of ReLU6.
 struct Relu6;
 
 fn relu6_slice<T: WithDType>(x: &[T]) -> Vec<T> {
-    let (zero, six) = (T::from_f64(0.0), T::from_f64(6.0));
-    let mut out = vec![zero; x.len()];
+    let mut out = vec![T::from_f64(0.0); x.len()];
     out.par_chunks_mut(ELEMWISE_CHUNK)
         .zip(x.par_chunks(ELEMWISE_CHUNK))
         .for_each(|(o, x)| {
             for (d, &v) in o.iter_mut().zip(x) {
                 // NaN stays NaN, as in PyTorch's hardtanh.
-                *d = if v < zero {
-                    zero
-                } else if v > six {
-                    six
-                } else {
-                    v
-                };
+                *d = clamp6(v);
             }
         });
     out
@@ -233,25 +259,93 @@ impl CustomOp1 for Relu6 {
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(x.apply_op2_no_bwd(&grad.contiguous()?, &Relu6Grad)?))
+        Ok(Some(x.apply_op2_no_bwd(
+            &grad.contiguous()?,
+            &ActGrad(Activation::Relu6),
+        )?))
     }
 }
 
-/// Backward op of ReLU6: `(x, grad) -> grad` where `0 < x < 6`, 0 elsewhere (PyTorch's mask,
-/// which is 0 at exactly 0 and exactly 6).
-struct Relu6Grad;
+/// The activation an epilogue applies to its result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// No activation.
+    Identity,
+    /// `max(x, 0)`.
+    Relu,
+    /// `min(max(x, 0), 6)`.
+    Relu6,
+}
 
-fn relu6_grad_slice<T: WithDType>(x: &[T], g: &[T]) -> Vec<T> {
+impl Activation {
+    #[inline]
+    fn apply<T: WithDType>(self, v: T) -> T {
+        let zero = T::from_f64(0.0);
+        match self {
+            Activation::Identity => v,
+            // NaN stays NaN, as in PyTorch.
+            Activation::Relu => {
+                if v < zero {
+                    zero
+                } else {
+                    v
+                }
+            }
+            Activation::Relu6 => clamp6(v),
+        }
+    }
+
+    /// Whether the gradient passes an element whose activation *output* (or input: the
+    /// answer is the same) is `v`. PyTorch's masks: ReLU passes where the output is positive
+    /// (`threshold_backward` on the result), ReLU6 where it lies strictly inside (0, 6); so
+    /// neither passes at exactly 0 (nor ReLU6 at exactly 6).
+    #[inline]
+    fn passes<T: WithDType>(self, v: T) -> bool {
+        let zero = T::from_f64(0.0);
+        match self {
+            Activation::Identity => true,
+            Activation::Relu => v > zero,
+            Activation::Relu6 => v > zero && v < T::from_f64(6.0),
+        }
+    }
+
+    /// The same activation from candle's own operations (devices other than the CPU).
+    pub(crate) fn composite(self, y: Tensor) -> Result<Tensor> {
+        match self {
+            Activation::Identity => Ok(y),
+            Activation::Relu => Ok(y.relu()?),
+            Activation::Relu6 => relu6_composite(&y),
+        }
+    }
+}
+
+#[inline]
+fn clamp6<T: WithDType>(v: T) -> T {
     let (zero, six) = (T::from_f64(0.0), T::from_f64(6.0));
-    let mut out = vec![zero; x.len()];
+    if v < zero {
+        zero
+    } else if v > six {
+        six
+    } else {
+        v
+    }
+}
+
+/// Backward op of an activation: `(y, grad) -> grad` where [`Activation::passes`] `y`, 0
+/// elsewhere (`y` the activation's output or input).
+struct ActGrad(Activation);
+
+fn act_grad_slice<T: WithDType>(act: Activation, y: &[T], g: &[T]) -> Vec<T> {
+    let zero = T::from_f64(0.0);
+    let mut out = vec![zero; y.len()];
     out.par_chunks_mut(ELEMWISE_CHUNK)
         .zip(
-            x.par_chunks(ELEMWISE_CHUNK)
+            y.par_chunks(ELEMWISE_CHUNK)
                 .zip(g.par_chunks(ELEMWISE_CHUNK)),
         )
-        .for_each(|(o, (x, g))| {
-            for ((d, &v), &gv) in o.iter_mut().zip(x).zip(g) {
-                if v > zero && v < six {
+        .for_each(|(o, (y, g))| {
+            for ((d, &v), &gv) in o.iter_mut().zip(y).zip(g) {
+                if act.passes(v) {
                     *d = gv;
                 }
             }
@@ -259,9 +353,9 @@ fn relu6_grad_slice<T: WithDType>(x: &[T], g: &[T]) -> Vec<T> {
     out
 }
 
-impl CustomOp2 for Relu6Grad {
+impl CustomOp2 for ActGrad {
     fn name(&self) -> &'static str {
-        "relu6-grad"
+        "activation-grad"
     }
 
     fn cpu_fwd(
@@ -273,23 +367,97 @@ impl CustomOp2 for Relu6Grad {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         if l1.dims() != l2.dims() {
             bail!(
-                "relu6 backward: gradient shape {:?} differs from input {:?}",
+                "{:?} backward: gradient shape {:?} differs from the activation's {:?}",
+                self.0,
                 l2.dims(),
                 l1.dims()
             );
         }
-        let out = match (s1.dtype(), s2.dtype()) {
-            (DType::F32, DType::F32) => CpuStorage::F32(relu6_grad_slice(
-                contiguous_slice::<f32>(s1, l1)?,
-                contiguous_slice(s2, l2)?,
-            )),
-            (DType::F64, DType::F64) => CpuStorage::F64(relu6_grad_slice(
-                contiguous_slice::<f64>(s1, l1)?,
-                contiguous_slice(s2, l2)?,
-            )),
-            (a, b) => bail!("relu6 supports f32 and f64 only, got {a:?} and {b:?}"),
-        };
+        let act = self.0;
+        let out = dispatch2(
+            s1,
+            l1,
+            s2,
+            l2,
+            "activation backward",
+            |y, g| Ok(act_grad_slice(act, y, g)),
+            |y, g| Ok(act_grad_slice(act, y, g)),
+        )?;
         Ok((out, l1.shape().clone()))
+    }
+}
+
+/// Forward op of [`add_relu`].
+struct AddRelu;
+
+fn add_relu_slice<T: WithDType>(a: &[T], b: &[T]) -> Vec<T> {
+    let mut out = vec![T::from_f64(0.0); a.len()];
+    out.par_chunks_mut(ELEMWISE_CHUNK)
+        .zip(
+            a.par_chunks(ELEMWISE_CHUNK)
+                .zip(b.par_chunks(ELEMWISE_CHUNK)),
+        )
+        .for_each(|(o, (a, b))| {
+            for ((d, &x), &y) in o.iter_mut().zip(a).zip(b) {
+                *d = Activation::Relu.apply(x + y);
+            }
+        });
+    out
+}
+
+impl CustomOp2 for AddRelu {
+    fn name(&self) -> &'static str {
+        "add-relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        if l1.dims() != l2.dims() {
+            bail!(
+                "add_relu: shapes {:?} and {:?} differ",
+                l1.dims(),
+                l2.dims()
+            );
+        }
+        let out = dispatch2(
+            s1,
+            l1,
+            s2,
+            l2,
+            "add_relu",
+            |a, b| Ok(add_relu_slice(a, b)),
+            |a, b| Ok(add_relu_slice(a, b)),
+        )?;
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        // Both summands get the same masked gradient (one tensor, shared).
+        let gm = res.apply_op2_no_bwd(&grad.contiguous()?, &ActGrad(Activation::Relu))?;
+        let ga = a.track_op().then(|| gm.clone());
+        let gb = b.track_op().then_some(gm);
+        Ok((ga, gb))
+    }
+}
+
+/// `relu(a + b)` for two tensors of one shape (a residual join), in one pass, with PyTorch's
+/// gradient: `grad` to both inputs where the output is positive, 0 elsewhere.
+pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if a.device().is_cpu() && matches!(a.dtype(), DType::F32 | DType::F64) {
+        Ok(a.contiguous()?.apply_op2(&b.contiguous()?, AddRelu)?)
+    } else {
+        Ok(a.add(b)?.relu()?)
     }
 }
 
@@ -354,6 +522,37 @@ mod tests {
                 "input {i}, kernel {k}, stride {s}"
             );
         }
+    }
+
+    #[test]
+    fn add_relu_matches_candles_add_and_relu_with_pytorchs_mask() {
+        let dev = Device::Cpu;
+        // Sums -2, 0 (gradient 0 in PyTorch, 1 in candle's relu), 1e-7, 3.5, 8.
+        let a = Var::new(&[-1.0f64, 0.5, 0.0, 1.5, 5.0][..], &dev).unwrap();
+        let b = Var::new(&[-1.0f64, -0.5, 1e-7, 2.0, 3.0][..], &dev).unwrap();
+        let w = Tensor::new(&[1.0f64, 2.0, 3.0, 4.0, 5.0][..], &dev).unwrap();
+        let y = add_relu(a.as_tensor(), b.as_tensor()).unwrap();
+        let want = a.as_tensor().add(b.as_tensor()).unwrap().relu().unwrap();
+        assert_eq!(max_abs_diff(&y, &want), 0.0);
+        let grads = (&y * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        for v in [&a, &b] {
+            let g = grads.get(v.as_tensor()).unwrap().to_vec1::<f64>().unwrap();
+            assert_eq!(g, vec![0.0, 0.0, 3.0, 4.0, 5.0]);
+        }
+        // An untracked summand (an identity shortcut of a constant) gets nothing.
+        let c = Tensor::new(&[1.0f32, -3.0][..], &dev).unwrap();
+        let v = Var::new(&[1.0f32, 1.0][..], &dev).unwrap();
+        let grads = add_relu(&c, v.as_tensor())
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        assert!(grads.get(&c).is_none());
+        assert_eq!(
+            grads.get(v.as_tensor()).unwrap().to_vec1::<f32>().unwrap(),
+            vec![1.0, 0.0]
+        );
     }
 
     #[test]

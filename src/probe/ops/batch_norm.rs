@@ -15,7 +15,7 @@ use candle_core::{
 };
 use rayon::prelude::*;
 
-use super::{contiguous_slice, relu6_composite, Relu6Grad, ELEMWISE_CHUNK};
+use super::{contiguous_slice, ActGrad, Activation, ELEMWISE_CHUNK};
 use crate::Result;
 
 /// An activation tensor seen as `n` images × `c` channels × `l` values per plane.
@@ -75,18 +75,6 @@ impl Planes {
     }
 }
 
-#[inline]
-fn clamp6<T: WithDType>(v: T) -> T {
-    let (zero, six) = (T::from_f64(0.0), T::from_f64(6.0));
-    if v < zero {
-        zero
-    } else if v > six {
-        six
-    } else {
-        v
-    }
-}
-
 /// Runs a one-input kernel on an f32 or f64 storage.
 macro_rules! dispatch1 {
     ($s:expr, $l:expr, $what:expr, |$x:ident| $body:expr) => {
@@ -108,22 +96,16 @@ macro_rules! dispatch1 {
 
 /// Forward op: `(x [N, C, ...], bias [C]) -> act(x + bias[c])`.
 struct BiasAct {
-    relu6: bool,
+    act: Activation,
 }
 
-fn bias_act_kernel<T: WithDType>(x: &[T], bias: &[T], p: Planes, relu6: bool) -> Vec<T> {
+fn bias_act_kernel<T: WithDType>(x: &[T], bias: &[T], p: Planes, act: Activation) -> Vec<T> {
     let mut out = vec![T::from_f64(0.0); x.len()];
     p.for_each_plane(&mut out, |ch, o, plane| {
         let b = bias[ch];
         let xp = &x[plane * p.l..(plane + 1) * p.l];
-        if relu6 {
-            for (d, &v) in o.iter_mut().zip(xp) {
-                *d = clamp6(v + b);
-            }
-        } else {
-            for (d, &v) in o.iter_mut().zip(xp) {
-                *d = v + b;
-            }
+        for (d, &v) in o.iter_mut().zip(xp) {
+            *d = act.apply(v + b);
         }
     });
     out
@@ -154,13 +136,13 @@ impl CustomOp2 for BiasAct {
                 contiguous_slice::<f32>(s1, l1)?,
                 contiguous_slice(s2, l2)?,
                 p,
-                self.relu6,
+                self.act,
             )),
             (DType::F64, DType::F64) => CpuStorage::F64(bias_act_kernel(
                 contiguous_slice::<f64>(s1, l1)?,
                 contiguous_slice(s2, l2)?,
                 p,
-                self.relu6,
+                self.act,
             )),
             (a, b) => bail!("bias_act supports f32 and f64 only, got {a:?} and {b:?}"),
         };
@@ -175,12 +157,10 @@ impl CustomOp2 for BiasAct {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
-        // ReLU6's output lies strictly inside (0, 6) exactly where its input does, so the
-        // output gives PyTorch's mask without keeping the pre-activation.
-        let gm = if self.relu6 {
-            res.apply_op2_no_bwd(&grad, &Relu6Grad)?
-        } else {
-            grad
+        // The output gives PyTorch's mask without keeping the pre-activation.
+        let gm = match self.act {
+            Activation::Identity => grad,
+            act => res.apply_op2_no_bwd(&grad, &ActGrad(act))?,
         };
         let gb = if bias.track_op() {
             Some(gm.apply_op1_no_bwd(&ChannelSum)?)
@@ -216,21 +196,16 @@ impl CustomOp1 for ChannelSum {
     }
 }
 
-/// `act(x + bias[c])` for `x` `[N, C, ...]` and `bias` `[C]`, with `act` ReLU6 (PyTorch's
-/// derivative) or the identity. The bias gradient is a per-channel sum done in f64.
-pub fn bias_act(x: &Tensor, bias: &Tensor, relu6: bool) -> Result<Tensor> {
+/// `act(x + bias[c])` for `x` `[N, C, ...]` and `bias` `[C]` (the activation with PyTorch's
+/// derivative). The bias gradient is a per-channel sum done in f64.
+pub fn bias_act(x: &Tensor, bias: &Tensor, act: Activation) -> Result<Tensor> {
     if x.device().is_cpu() {
         Ok(x.contiguous()?
-            .apply_op2(&bias.contiguous()?, BiasAct { relu6 })?)
+            .apply_op2(&bias.contiguous()?, BiasAct { act })?)
     } else {
         let mut shape = vec![1usize; x.rank()];
         shape[1] = bias.dim(0)?;
-        let y = x.broadcast_add(&bias.reshape(shape)?)?;
-        if relu6 {
-            relu6_composite(&y)
-        } else {
-            Ok(y)
-        }
+        act.composite(x.broadcast_add(&bias.reshape(shape)?)?)
     }
 }
 
@@ -262,7 +237,7 @@ fn channel_moments<T: WithDType>(x: &[T], p: Planes, eps: f64) -> Vec<(f64, f64)
 /// Forward op: `(x [N, C, ...], gamma [C], beta [C]) -> act(BN_batch(x))`.
 struct BatchNormTrain {
     eps: f64,
-    relu6: bool,
+    act: Activation,
 }
 
 fn bn_train_kernel<T: WithDType>(
@@ -271,7 +246,7 @@ fn bn_train_kernel<T: WithDType>(
     beta: &[T],
     p: Planes,
     eps: f64,
-    relu6: bool,
+    act: Activation,
 ) -> Vec<T> {
     let moments = channel_moments(x, p, eps);
     // y = (x - mean) · (inv_std · gamma) + beta, per channel.
@@ -286,7 +261,7 @@ fn bn_train_kernel<T: WithDType>(
         let xp = &x[plane * p.l..(plane + 1) * p.l];
         for (d, &v) in o.iter_mut().zip(xp) {
             let y = (v - mean) * scale + shift;
-            *d = if relu6 { clamp6(y) } else { y };
+            *d = act.apply(y);
         }
     });
     out
@@ -322,7 +297,7 @@ impl CustomOp3 for BatchNormTrain {
                 contiguous_slice(s3, l3)?,
                 p,
                 self.eps,
-                self.relu6,
+                self.act,
             )),
             (DType::F64, DType::F64, DType::F64) => CpuStorage::F64(bn_train_kernel(
                 contiguous_slice::<f64>(s1, l1)?,
@@ -330,7 +305,7 @@ impl CustomOp3 for BatchNormTrain {
                 contiguous_slice(s3, l3)?,
                 p,
                 self.eps,
-                self.relu6,
+                self.act,
             )),
             (a, b, c) => {
                 bail!("batch_norm_train supports f32 and f64 only, got {a:?}, {b:?}, {c:?}")
@@ -348,10 +323,9 @@ impl CustomOp3 for BatchNormTrain {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
-        let gm = if self.relu6 {
-            res.apply_op2_no_bwd(&grad, &Relu6Grad)?
-        } else {
-            grad
+        let gm = match self.act {
+            Activation::Identity => grad,
+            act => res.apply_op2_no_bwd(&grad, &ActGrad(act))?,
         };
         // One packed result [grad_x (N·C·L), grad_gamma (C), grad_beta (C)]: the three share
         // the per-channel sums.
@@ -485,7 +459,7 @@ impl CustomOp3 for BatchNormTrainGrad {
     }
 }
 
-/// Training-mode batch norm of `x` `[N, C, ...]`, then ReLU6 if `relu6`: per channel, the
+/// Training-mode batch norm of `x` `[N, C, ...]`, then the activation: per channel, the
 /// batch's mean and *biased* variance (divide by N·H·W), `y = (x - mean) / sqrt(var + eps) ·
 /// gamma + beta`, with gradients through the statistics (PyTorch's `train()` forward; no
 /// running statistics are touched).
@@ -494,19 +468,14 @@ pub fn batch_norm_train(
     gamma: &Tensor,
     beta: &Tensor,
     eps: f64,
-    relu6: bool,
+    act: Activation,
 ) -> Result<Tensor> {
     if x.device().is_cpu() {
-        let op = BatchNormTrain { eps, relu6 };
+        let op = BatchNormTrain { eps, act };
         Ok(x.contiguous()?
             .apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?)
     } else {
-        let y = batch_norm_train_composite(x, gamma, beta, eps)?;
-        if relu6 {
-            relu6_composite(&y)
-        } else {
-            Ok(y)
-        }
+        act.composite(batch_norm_train_composite(x, gamma, beta, eps)?)
     }
 }
 
@@ -535,6 +504,7 @@ fn batch_norm_train_composite(
 
 #[cfg(test)]
 mod tests {
+    use super::super::ACTIVATIONS;
     use super::*;
     use crate::probe::ops::max_abs_diff;
     use candle_core::{Device, Var};
@@ -571,19 +541,15 @@ mod tests {
     }
 
     #[test]
-    fn bias_act_matches_broadcast_add_and_relu6() {
-        for relu6 in [false, true] {
+    fn bias_act_matches_broadcast_add_and_the_activation() {
+        for act in ACTIVATIONS {
             compare(
-                &|x, _, b| bias_act(x, b, relu6).unwrap(),
+                &|x, _, b| bias_act(x, b, act).unwrap(),
                 &|x, _, b| {
                     let y = x
                         .broadcast_add(&b.reshape((1, b.dim(0).unwrap(), 1, 1)).unwrap())
                         .unwrap();
-                    if relu6 {
-                        relu6_composite(&y).unwrap()
-                    } else {
-                        y
-                    }
+                    act.composite(y).unwrap()
                 },
                 (3, 5, 4, 3),
             );
@@ -592,17 +558,13 @@ mod tests {
 
     #[test]
     fn batch_norm_train_matches_its_composition_from_candle_ops() {
-        for relu6 in [false, true] {
+        for act in ACTIVATIONS {
             for dims in [(3, 5, 4, 3), (2, 4, 1, 1)] {
                 compare(
-                    &|x, g, b| batch_norm_train(x, g, b, 1e-3, relu6).unwrap(),
+                    &|x, g, b| batch_norm_train(x, g, b, 1e-3, act).unwrap(),
                     &|x, g, b| {
-                        let y = batch_norm_train_composite(x, g, b, 1e-3).unwrap();
-                        if relu6 {
-                            relu6_composite(&y).unwrap()
-                        } else {
-                            y
-                        }
+                        act.composite(batch_norm_train_composite(x, g, b, 1e-3).unwrap())
+                            .unwrap()
                     },
                     dims,
                 );

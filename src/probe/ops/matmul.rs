@@ -9,10 +9,12 @@ use candle_core::backend::BackendStorage;
 use candle_core::{
     bail, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor, WithDType,
 };
+use std::borrow::Cow;
+
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::{contiguous_slice, dims4, pad_same, Window};
+use super::{contiguous_slice, dims4, dispatch2, pad_same, Window};
 use crate::Result;
 
 /// `x` `[N, C, H, W]` -> columns `[N, C*k*k, out_h*out_w]`, "SAME" padding folded in.
@@ -22,43 +24,96 @@ struct Im2Col {
     stride: usize,
 }
 
+/// The column span of every kernel column ([`Window::col_span`]), computed once per operation.
+type Spans = [(usize, usize, usize)];
+
+/// Writes the `k·k` column rows of one input plane `xp` into `rows`, row `t` starting at
+/// `t * row_stride` (`row_stride` = the output plane for a lone image, wider when several
+/// images share one column matrix). Entries that fall in the padding are left untouched, so
+/// `rows` must start zeroed.
+fn unfold_plane<T: WithDType>(
+    xp: &[T],
+    win: Window,
+    spans: &Spans,
+    rows: &mut [T],
+    row_stride: usize,
+) {
+    for i in 0..win.k {
+        for (j, &(lo, hi, ix)) in spans.iter().enumerate() {
+            if lo >= hi {
+                continue;
+            }
+            let start = (i * win.k + j) * row_stride;
+            let row = &mut rows[start..start + win.out_plane()];
+            for oy in 0..win.out_h {
+                let Some(iy) = win.in_row(oy, i) else {
+                    continue;
+                };
+                let xrow = &xp[iy * win.w..(iy + 1) * win.w];
+                let orow = &mut row[oy * win.out_w + lo..oy * win.out_w + hi];
+                if win.stride == 1 {
+                    orow.copy_from_slice(&xrow[ix..ix + (hi - lo)]);
+                } else {
+                    for (d, &v) in orow.iter_mut().zip(xrow[ix..].iter().step_by(win.stride)) {
+                        *d = v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of [`unfold_plane`]: adds every column entry back into the pixel of `gxp` it was
+/// copied from.
+fn fold_plane<T: WithDType>(
+    rows: &[T],
+    row_stride: usize,
+    win: Window,
+    spans: &Spans,
+    gxp: &mut [T],
+) {
+    for i in 0..win.k {
+        for (j, &(lo, hi, ix)) in spans.iter().enumerate() {
+            if lo >= hi {
+                continue;
+            }
+            let start = (i * win.k + j) * row_stride;
+            let row = &rows[start..start + win.out_plane()];
+            for oy in 0..win.out_h {
+                let Some(iy) = win.in_row(oy, i) else {
+                    continue;
+                };
+                let grow = &row[oy * win.out_w + lo..oy * win.out_w + hi];
+                let xrow = &mut gxp[iy * win.w..(iy + 1) * win.w];
+                if win.stride == 1 {
+                    for (d, &v) in xrow[ix..ix + (hi - lo)].iter_mut().zip(grow) {
+                        *d += v;
+                    }
+                } else {
+                    for (d, &v) in xrow[ix..].iter_mut().step_by(win.stride).zip(grow) {
+                        *d += v;
+                    }
+                }
+            }
+        }
+    }
+}
+
 impl Im2Col {
     fn forward<T: WithDType>(x: &[T], c: usize, win: Window) -> Vec<T> {
         let (inp, outp, kk) = (win.in_plane(), win.out_plane(), win.k * win.k);
-        let spans = win.col_spans();
         let per_image = c * kk * outp;
         let n = x.len().checked_div(c * inp).unwrap_or(0);
         let mut cols = vec![T::from_f64(0.0); n * per_image];
         if per_image == 0 {
             return cols;
         }
+        let spans = win.col_spans();
         // One task per (image, input channel): its k*k rows of the column matrix.
         cols.par_chunks_mut(kk * outp)
             .enumerate()
             .for_each(|(plane, rows)| {
-                let xp = &x[plane * inp..(plane + 1) * inp];
-                for i in 0..win.k {
-                    for j in 0..win.k {
-                        let row = &mut rows[(i * win.k + j) * outp..(i * win.k + j + 1) * outp];
-                        let (lo, hi, ix) = spans[j];
-                        if lo >= hi {
-                            continue;
-                        }
-                        for oy in 0..win.out_h {
-                            let Some(iy) = win.in_row(oy, i) else {
-                                continue;
-                            };
-                            let xrow = &xp[iy * win.w..(iy + 1) * win.w];
-                            let orow = &mut row[oy * win.out_w..(oy + 1) * win.out_w];
-                            for (d, &v) in orow[lo..hi]
-                                .iter_mut()
-                                .zip(xrow[ix..].iter().step_by(win.stride))
-                            {
-                                *d = v;
-                            }
-                        }
-                    }
-                }
+                unfold_plane(&x[plane * inp..(plane + 1) * inp], win, &spans, rows, outp)
             });
         cols
     }
@@ -66,34 +121,15 @@ impl Im2Col {
     /// The adjoint: sums every column entry back into the pixel it was copied from.
     fn backward<T: WithDType>(cols: &[T], win: Window) -> Vec<T> {
         let (inp, outp, kk) = (win.in_plane(), win.out_plane(), win.k * win.k);
-        let spans = win.col_spans();
         let planes = cols.len().checked_div(kk * outp).unwrap_or(0);
         let mut gx = vec![T::from_f64(0.0); planes * inp];
         if inp == 0 {
             return gx;
         }
+        let spans = win.col_spans();
         gx.par_chunks_mut(inp).enumerate().for_each(|(plane, gxp)| {
             let rows = &cols[plane * kk * outp..(plane + 1) * kk * outp];
-            for i in 0..win.k {
-                for j in 0..win.k {
-                    let row = &rows[(i * win.k + j) * outp..(i * win.k + j + 1) * outp];
-                    let (lo, hi, ix) = spans[j];
-                    if lo >= hi {
-                        continue;
-                    }
-                    for oy in 0..win.out_h {
-                        let Some(iy) = win.in_row(oy, i) else {
-                            continue;
-                        };
-                        let grow = &row[oy * win.out_w..(oy + 1) * win.out_w];
-                        let xrow = &mut gxp[iy * win.w..(iy + 1) * win.w];
-                        for (d, &v) in xrow[ix..].iter_mut().step_by(win.stride).zip(&grow[lo..hi])
-                        {
-                            *d += v;
-                        }
-                    }
-                }
-            }
+            fold_plane(rows, outp, win, &spans, gxp)
         });
         gx
     }
@@ -251,28 +287,6 @@ fn batch_parallel(batch: usize) -> (bool, Parallelism) {
     }
 }
 
-/// Runs `f(b, dst_b)` for every image's slice of a `[batch, per]` destination.
-fn for_each_image<T: WithDType>(
-    dst: &mut [T],
-    per: usize,
-    f: impl Fn(usize, &mut [T], Parallelism) -> candle_core::Result<()> + Sync,
-) -> candle_core::Result<()> {
-    if per == 0 {
-        return Ok(());
-    }
-    let batch = dst.len() / per;
-    match batch_parallel(batch) {
-        (true, par) => dst
-            .par_chunks_mut(per)
-            .enumerate()
-            .try_for_each(|(b, d)| f(b, d, par)),
-        (false, par) => dst
-            .chunks_mut(per)
-            .enumerate()
-            .try_for_each(|(b, d)| f(b, d, par)),
-    }
-}
-
 /// Dimensions of a channel product: `x` `[n, c, l]`, kernel `[o, c]`.
 #[derive(Debug, Clone, Copy)]
 struct ChannelMatmulDims {
@@ -294,7 +308,7 @@ impl ChannelMatmulDims {
     fn forward<T: WithDType>(&self, x: &[T], w: &[T]) -> candle_core::Result<Vec<T>> {
         let Self { c, l, o, .. } = *self;
         let mut y = vec![T::from_f64(0.0); self.n * o * l];
-        for_each_image(&mut y, o * l, |b, yb, par| {
+        for_each_group(&mut y, o * l, 1, |b, yb, par| {
             let xb = MatRef {
                 data: &x[b * c * l..(b + 1) * c * l],
                 rs: l,
@@ -320,7 +334,7 @@ impl ChannelMatmulDims {
     fn grad_input<T: WithDType>(&self, g: &[T], w: &[T]) -> candle_core::Result<Vec<T>> {
         let Self { c, l, o, .. } = *self;
         let mut gx = vec![T::from_f64(0.0); self.n * c * l];
-        for_each_image(&mut gx, c * l, |b, gxb, par| {
+        for_each_group(&mut gx, c * l, 1, |b, gxb, par| {
             let gb = MatRef {
                 data: &g[b * o * l..(b + 1) * o * l],
                 rs: l,
@@ -381,32 +395,6 @@ impl ChannelMatmulDims {
             (false, par) => accumulate_range(0..n, par),
         }
     }
-}
-
-fn dispatch2<F32Fn, F64Fn>(
-    s1: &CpuStorage,
-    l1: &Layout,
-    s2: &CpuStorage,
-    l2: &Layout,
-    what: &str,
-    f32_fn: F32Fn,
-    f64_fn: F64Fn,
-) -> candle_core::Result<CpuStorage>
-where
-    F32Fn: FnOnce(&[f32], &[f32]) -> candle_core::Result<Vec<f32>>,
-    F64Fn: FnOnce(&[f64], &[f64]) -> candle_core::Result<Vec<f64>>,
-{
-    Ok(match (s1.dtype(), s2.dtype()) {
-        (DType::F32, DType::F32) => CpuStorage::F32(f32_fn(
-            contiguous_slice(s1, l1)?,
-            contiguous_slice(s2, l2)?,
-        )?),
-        (DType::F64, DType::F64) => CpuStorage::F64(f64_fn(
-            contiguous_slice(s1, l1)?,
-            contiguous_slice(s2, l2)?,
-        )?),
-        (a, b) => bail!("{what} supports f32 and f64 only, got {a:?} and {b:?}"),
-    })
 }
 
 /// Forward op: `(x [N, C, L], w [O, C]) -> [N, O, L]`.
@@ -592,6 +580,113 @@ pub fn conv2d(x: &Tensor, kernel: &Tensor, stride: usize, padding: usize) -> Res
     Ok(x.contiguous()?.apply_op2(&kernel.contiguous()?, op)?)
 }
 
+/// Columns below which a convolution's matrix product batches images: a 1×1 or 2×2 output
+/// plane (ResNet's last stages at 32 px) makes a per-image product a matrix-vector product
+/// that streams the whole kernel once per image, while a few images side by side in one column
+/// matrix make it a GEMM.
+const GROUP_COLUMNS: usize = 512;
+
+/// How many consecutive images share one column matrix.
+fn images_per_group(n: usize, out_plane: usize) -> usize {
+    GROUP_COLUMNS.div_ceil(out_plane.max(1)).clamp(1, n.max(1))
+}
+
+/// Unfolds `gi` consecutive images of `c` planes into one `[c·k·k, gi·outp]` column matrix,
+/// image `i` in columns `i·outp .. (i+1)·outp`.
+fn unfold_images<T: WithDType>(x: &[T], c: usize, win: Window) -> Vec<T> {
+    let (inp, outp, kk) = (win.in_plane(), win.out_plane(), win.k * win.k);
+    let gi = x.len().checked_div(c * inp).unwrap_or(0);
+    let row_stride = gi * outp;
+    let mut cols = vec![T::from_f64(0.0); c * kk * row_stride];
+    if cols.is_empty() {
+        return cols;
+    }
+    let spans = win.col_spans();
+    // One task per input channel: its k·k rows, every image's columns.
+    cols.par_chunks_mut(kk * row_stride)
+        .enumerate()
+        .for_each(|(ch, block)| {
+            for i in 0..gi {
+                let xp = &x[(i * c + ch) * inp..(i * c + ch + 1) * inp];
+                unfold_plane(xp, win, &spans, &mut block[i * outp..], row_stride);
+            }
+        });
+    cols
+}
+
+/// The adjoint of [`unfold_images`]: adds the column matrix back into `gx` (`gi` images).
+fn fold_images<T: WithDType>(cols: &[T], c: usize, win: Window, gx: &mut [T]) {
+    let (inp, outp, kk) = (win.in_plane(), win.out_plane(), win.k * win.k);
+    let gi = gx.len().checked_div(c * inp).unwrap_or(0);
+    let row_stride = gi * outp;
+    if inp == 0 {
+        return;
+    }
+    let spans = win.col_spans();
+    gx.par_chunks_mut(inp).enumerate().for_each(|(plane, gxp)| {
+        let (i, ch) = (plane / c, plane % c);
+        let rows = &cols[ch * kk * row_stride + i * outp..];
+        fold_plane(rows, row_stride, win, &spans, gxp);
+    });
+}
+
+/// `[gi, o, p]` (image-major) -> `[o, gi·p]` (the column layout of a group's product).
+fn group_major<T: WithDType>(x: &[T], o: usize, p: usize) -> Vec<T> {
+    let gi = x.len().checked_div(o * p).unwrap_or(0);
+    let mut out = vec![T::from_f64(0.0); x.len()];
+    for (i, image) in x.chunks_exact(o * p).enumerate() {
+        for (r, row) in image.chunks_exact(p).enumerate() {
+            out[r * gi * p + i * p..r * gi * p + (i + 1) * p].copy_from_slice(row);
+        }
+    }
+    out
+}
+
+/// A group's output gradient in the column layout of its product: borrowed for a lone image,
+/// regrouped ([`group_major`]) otherwise.
+fn grouped<T: WithDType>(grad: &[T], o: usize, p: usize) -> Cow<'_, [T]> {
+    if grad.len() == o * p {
+        Cow::Borrowed(grad)
+    } else {
+        Cow::Owned(group_major(grad, o, p))
+    }
+}
+
+/// The inverse of [`group_major`], into `dst`.
+fn image_major<T: WithDType>(x: &[T], o: usize, p: usize, dst: &mut [T]) {
+    let gi = dst.len().checked_div(o * p).unwrap_or(0);
+    for (i, image) in dst.chunks_exact_mut(o * p).enumerate() {
+        for (r, row) in image.chunks_exact_mut(p).enumerate() {
+            row.copy_from_slice(&x[r * gi * p + i * p..r * gi * p + (i + 1) * p]);
+        }
+    }
+}
+
+/// Runs `f(b0, dst_g, par)` for every group of `g` consecutive images of a `[batch, per]`
+/// destination (the last group may be smaller), in parallel across groups when there are
+/// enough of them.
+fn for_each_group<T: WithDType>(
+    dst: &mut [T],
+    per: usize,
+    g: usize,
+    f: impl Fn(usize, &mut [T], Parallelism) -> candle_core::Result<()> + Sync,
+) -> candle_core::Result<()> {
+    if per == 0 {
+        return Ok(());
+    }
+    let groups = (dst.len() / per).div_ceil(g);
+    match batch_parallel(groups) {
+        (true, par) => dst
+            .par_chunks_mut(per * g)
+            .enumerate()
+            .try_for_each(|(i, d)| f(i * g, d, par)),
+        (false, par) => dst
+            .chunks_mut(per * g)
+            .enumerate()
+            .try_for_each(|(i, d)| f(i * g, d, par)),
+    }
+}
+
 /// The operation behind [`conv2d`].
 #[derive(Debug, Clone, Copy)]
 struct DenseConv {
@@ -611,7 +706,7 @@ impl DenseConv {
         }
     }
 
-    /// `y_b = K · cols(x_b)` for every image.
+    /// `Y_g = K · cols(X_g)` for every group of images.
     fn forward<T: WithDType>(
         x: &[T],
         kernel: &[T],
@@ -621,8 +716,10 @@ impl DenseConv {
     ) -> candle_core::Result<Vec<T>> {
         let (inp, outp, ckk) = (win.in_plane(), win.out_plane(), c * win.k * win.k);
         let mut y = vec![T::from_f64(0.0); n * o * outp];
-        for_each_image(&mut y, o * outp, |b, yb, par| {
-            let cols = Im2Col::forward(&x[b * c * inp..(b + 1) * c * inp], c, win);
+        let g = images_per_group(n, outp);
+        for_each_group(&mut y, o * outp, g, |b0, yg, par| {
+            let gi = yg.len() / (o * outp);
+            let cols = unfold_images(&x[b0 * c * inp..(b0 + gi) * c * inp], c, win);
             let k = MatRef {
                 data: kernel,
                 rs: ckk,
@@ -630,15 +727,21 @@ impl DenseConv {
             };
             let cols = MatRef {
                 data: &cols,
-                rs: outp,
+                rs: gi * outp,
                 cs: 1,
             };
-            gemm_into(yb, (o, outp, ckk), k, cols, false, par)
+            if gi == 1 {
+                return gemm_into(yg, (o, outp, ckk), k, cols, false, par);
+            }
+            let mut product = vec![T::from_f64(0.0); yg.len()];
+            gemm_into(&mut product, (o, gi * outp, ckk), k, cols, false, par)?;
+            image_major(&product, o, outp, yg);
+            Ok(())
         })?;
         Ok(y)
     }
 
-    /// `dx_b = col2im(Kᵀ · dY_b)` for every image.
+    /// `dX_g = fold(Kᵀ · dY_g)` for every group of images.
     fn grad_input<T: WithDType>(
         grad: &[T],
         kernel: &[T],
@@ -648,26 +751,29 @@ impl DenseConv {
     ) -> candle_core::Result<Vec<T>> {
         let (inp, outp, ckk) = (win.in_plane(), win.out_plane(), c * win.k * win.k);
         let mut gx = vec![T::from_f64(0.0); n * c * inp];
-        for_each_image(&mut gx, c * inp, |b, gxb, par| {
-            let mut cols = vec![T::from_f64(0.0); ckk * outp];
+        let g = images_per_group(n, outp);
+        for_each_group(&mut gx, c * inp, g, |b0, gxg, par| {
+            let gi = gxg.len() / (c * inp);
+            let gy = grouped(&grad[b0 * o * outp..(b0 + gi) * o * outp], o, outp);
+            let mut cols = vec![T::from_f64(0.0); ckk * gi * outp];
             let kt = MatRef {
                 data: kernel,
                 rs: 1,
                 cs: ckk,
             };
             let gy = MatRef {
-                data: &grad[b * o * outp..(b + 1) * o * outp],
-                rs: outp,
+                data: &gy,
+                rs: gi * outp,
                 cs: 1,
             };
-            gemm_into(&mut cols, (ckk, outp, o), kt, gy, false, par)?;
-            gxb.copy_from_slice(&Im2Col::backward(&cols, win));
+            gemm_into(&mut cols, (ckk, gi * outp, o), kt, gy, false, par)?;
+            fold_images(&cols, c, win, gxg);
             Ok(())
         })?;
         Ok(gx)
     }
 
-    /// `dK = Σ_b dY_b · cols(x_b)ᵀ`, accumulated image after image.
+    /// `dK = Σ_g dY_g · cols(X_g)ᵀ`, accumulated group after group.
     fn grad_kernel<T: WithDType>(
         x: &[T],
         grad: &[T],
@@ -681,19 +787,22 @@ impl DenseConv {
             0 | 1 => Parallelism::None,
             t => Parallelism::Rayon(t),
         };
-        for b in 0..n {
-            let cols = Im2Col::forward(&x[b * c * inp..(b + 1) * c * inp], c, win);
+        let g = images_per_group(n, outp);
+        for (index, b0) in (0..n).step_by(g).enumerate() {
+            let gi = g.min(n - b0);
+            let cols = unfold_images(&x[b0 * c * inp..(b0 + gi) * c * inp], c, win);
+            let gy = grouped(&grad[b0 * o * outp..(b0 + gi) * o * outp], o, outp);
             let gy = MatRef {
-                data: &grad[b * o * outp..(b + 1) * o * outp],
-                rs: outp,
+                data: &gy,
+                rs: gi * outp,
                 cs: 1,
             };
             let cols_t = MatRef {
                 data: &cols,
                 rs: 1,
-                cs: outp,
+                cs: gi * outp,
             };
-            gemm_into(&mut gk, (o, ckk, outp), gy, cols_t, b > 0, par)?;
+            gemm_into(&mut gk, (o, ckk, gi * outp), gy, cols_t, index > 0, par)?;
         }
         Ok(gk)
     }

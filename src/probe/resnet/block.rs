@@ -3,6 +3,7 @@
 use candle_core::{Tensor, Var};
 
 use crate::probe::layers::{param, BatchNorm};
+use crate::probe::ops::{add_relu, Activation};
 use crate::probe::Forward;
 use crate::Result;
 
@@ -29,8 +30,9 @@ pub(crate) struct ConvBn {
 }
 
 impl ConvBn {
-    pub fn forward(&self, x: &Tensor, fwd: Forward) -> Result<Tensor> {
-        self.bn.forward(&self.conv.forward(x, fwd)?, fwd)
+    /// The convolution, its batch norm and `act` (fused with the batch norm in training mode).
+    pub fn forward(&self, x: &Tensor, fwd: Forward, act: Activation) -> Result<Tensor> {
+        self.bn.forward_act(&self.conv.forward(x, fwd)?, fwd, act)
     }
 }
 
@@ -49,15 +51,17 @@ impl Block {
         let mut h = x.clone();
         let last = self.branch.len() - 1;
         for (i, layer) in self.branch.iter().enumerate() {
-            h = layer.forward(&h, fwd)?;
-            if i < last {
-                h = h.relu()?;
-            }
+            let act = if i < last {
+                Activation::Relu
+            } else {
+                Activation::Identity
+            };
+            h = layer.forward(&h, fwd, act)?;
         }
         let shortcut = match &self.downsample {
-            Some(ds) => ds.forward(x, fwd)?,
+            Some(ds) => ds.forward(x, fwd, Activation::Identity)?,
             None => x.clone(),
         };
-        Ok((h + shortcut)?.relu()?)
+        add_relu(&h, &shortcut)
     }
 }

@@ -87,7 +87,10 @@ mod tests {
     #[test]
     fn output_and_gradients_match_the_definition() {
         // (H, W, kernel, stride, padding): the ResNet cases, odd and non-square sizes included.
-        for (h, w, ks, s, p) in [
+        // Small output planes batch several images into one matrix product (all five images
+        // in one group for the small planes; 12×12 gives groups of 4 + 1), so batches of 1, 2
+        // and 5 images cover lone images, whole groups and a partial last group.
+        let cases = [
             (7, 7, 3, 1, 1),
             (8, 8, 3, 2, 1),
             (9, 6, 3, 2, 1),
@@ -95,8 +98,10 @@ mod tests {
             (5, 8, 1, 2, 0),
             (6, 5, 1, 1, 0),
             (1, 1, 3, 2, 1),
-        ] {
-            let (n, c, o) = (2, 3, 4);
+            (24, 24, 3, 2, 1),
+        ];
+        for ((h, w, ks, s, p), n) in cases.into_iter().flat_map(|c| [(c, 1), (c, 2), (c, 5)]) {
+            let (c, o) = (3, 4);
             let xv = values(n * c * h * w, 1);
             let kv = values(o * c * ks * ks, 2);
             let x = Var::from_vec(xv.clone(), (n, c, h, w), &Device::Cpu).unwrap();
@@ -108,13 +113,13 @@ mod tests {
             let want = naive(&xv, &kv, &rv, (n, c, h, w), (o, ks), s, p);
             let close = |a: &Tensor, b: &[f64], what: &str| {
                 let a = a.flatten_all().unwrap().to_vec1::<f64>().unwrap();
-                assert_eq!(a.len(), b.len(), "{what} {h}x{w} k{ks} s{s}");
+                assert_eq!(a.len(), b.len(), "{what} {n}×{h}x{w} k{ks} s{s}");
                 let err = a
                     .iter()
                     .zip(b)
                     .map(|(a, b)| (a - b).abs())
                     .fold(0.0, f64::max);
-                assert!(err < 1e-12, "{what} {h}x{w} k{ks} s{s}: error {err}");
+                assert!(err < 1e-12, "{what} {n}×{h}x{w} k{ks} s{s}: error {err}");
             };
             close(&y, &want.y, "output");
             close(

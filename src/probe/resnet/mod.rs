@@ -42,6 +42,7 @@ use self::arch::TensorSpec;
 use self::block::{Block, Conv, ConvBn};
 use crate::dataset::Preprocess;
 use crate::probe::layers::{global_avg_pool, param, BatchNorm};
+use crate::probe::ops::Activation;
 use crate::probe::{Forward, Probe, ProbeInfo, ProbeParam};
 use crate::{Error, Result};
 
@@ -254,7 +255,7 @@ impl Probe for ResNet {
         let mut h = x.clone();
         for stage in from..to {
             h = if stage == 0 {
-                max_pool_3x3_s2_p1(&self.stem.forward(&h, fwd)?.relu()?)?
+                max_pool_3x3_s2_p1(&self.stem.forward(&h, fwd, Activation::Relu)?)?
             } else {
                 self.blocks[stage - 1].forward(&h, fwd)?
             };
