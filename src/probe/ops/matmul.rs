@@ -24,39 +24,100 @@ struct Im2Col {
     stride: usize,
 }
 
-/// The column span of every kernel column ([`Window::col_span`]), computed once per operation.
-type Spans = [(usize, usize, usize)];
+/// The kernel taps of a window that read at least one real pixel, with the column span
+/// ([`Window::col_span`]) of each, computed once per operation. On small planes whole taps
+/// fall in the padding (a 3×3 kernel with padding 1 on a 1×1 plane reads only its centre):
+/// their column rows would be all zeros, so they are left out of the column matrix and of the
+/// matrix products.
+struct Taps {
+    /// `(i, j, (lo, hi, ix))`: kernel row, kernel column, and the column span.
+    live: Vec<(usize, usize, (usize, usize, usize))>,
+}
 
-/// Writes the `k·k` column rows of one input plane `xp` into `rows`, row `t` starting at
-/// `t * row_stride` (`row_stride` = the output plane for a lone image, wider when several
-/// images share one column matrix). Entries that fall in the padding are left untouched, so
-/// `rows` must start zeroed.
+impl Taps {
+    fn of(win: Window) -> Self {
+        let spans = win.col_spans();
+        let live = (0..win.k)
+            .filter(|&i| (0..win.out_h).any(|oy| win.in_row(oy, i).is_some()))
+            .flat_map(|i| {
+                spans
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, &(lo, hi, _))| lo < hi)
+                    .map(move |(j, &span)| (i, j, span))
+            })
+            .collect();
+        Taps { live }
+    }
+
+    /// Every tap, live or not (the layout of [`Im2Col`]'s output).
+    fn all(win: Window) -> Self {
+        let spans = win.col_spans();
+        let live = (0..win.k)
+            .flat_map(|i| spans.iter().enumerate().map(move |(j, &span)| (i, j, span)))
+            .collect();
+        Taps { live }
+    }
+
+    fn len(&self) -> usize {
+        self.live.len()
+    }
+
+    /// Whether every tap of a `k`×`k` kernel is live.
+    fn is_full(&self, k: usize) -> bool {
+        self.live.len() == k * k
+    }
+
+    /// The kernel `[o, c·k·k]` restricted to the live taps, `[o, c·len]`.
+    fn gather<T: WithDType>(&self, kernel: &[T], k: usize) -> Vec<T> {
+        kernel
+            .chunks_exact(k * k)
+            .flat_map(|taps| self.live.iter().map(move |&(i, j, _)| taps[i * k + j]))
+            .collect()
+    }
+
+    /// The inverse of [`Taps::gather`] for a gradient: `[o, c·len]` -> `[o, c·k·k]`, zero at
+    /// the dead taps.
+    fn scatter<T: WithDType>(&self, live: &[T], k: usize) -> Vec<T> {
+        let (kk, len) = (k * k, self.len().max(1));
+        let mut out = vec![T::from_f64(0.0); live.len() / len * kk];
+        for (dst, src) in out.chunks_exact_mut(kk).zip(live.chunks_exact(len)) {
+            for (&(i, j, _), &v) in self.live.iter().zip(src) {
+                dst[i * k + j] = v;
+            }
+        }
+        out
+    }
+}
+
+/// Writes the column rows of one input plane `xp` into `rows`, one row per live tap, row `r`
+/// starting at `r * row_stride` (`row_stride` = the output plane for a lone image, wider when
+/// several images share one column matrix). Entries that fall in the padding are left
+/// untouched, so `rows` must start zeroed.
 fn unfold_plane<T: WithDType>(
     xp: &[T],
     win: Window,
-    spans: &Spans,
+    taps: &Taps,
     rows: &mut [T],
     row_stride: usize,
 ) {
-    for i in 0..win.k {
-        for (j, &(lo, hi, ix)) in spans.iter().enumerate() {
-            if lo >= hi {
+    for (r, &(i, _, (lo, hi, ix))) in taps.live.iter().enumerate() {
+        if lo >= hi {
+            continue;
+        }
+        let start = r * row_stride;
+        let row = &mut rows[start..start + win.out_plane()];
+        for oy in 0..win.out_h {
+            let Some(iy) = win.in_row(oy, i) else {
                 continue;
-            }
-            let start = (i * win.k + j) * row_stride;
-            let row = &mut rows[start..start + win.out_plane()];
-            for oy in 0..win.out_h {
-                let Some(iy) = win.in_row(oy, i) else {
-                    continue;
-                };
-                let xrow = &xp[iy * win.w..(iy + 1) * win.w];
-                let orow = &mut row[oy * win.out_w + lo..oy * win.out_w + hi];
-                if win.stride == 1 {
-                    orow.copy_from_slice(&xrow[ix..ix + (hi - lo)]);
-                } else {
-                    for (d, &v) in orow.iter_mut().zip(xrow[ix..].iter().step_by(win.stride)) {
-                        *d = v;
-                    }
+            };
+            let xrow = &xp[iy * win.w..(iy + 1) * win.w];
+            let orow = &mut row[oy * win.out_w + lo..oy * win.out_w + hi];
+            if win.stride == 1 {
+                orow.copy_from_slice(&xrow[ix..ix + (hi - lo)]);
+            } else {
+                for (d, &v) in orow.iter_mut().zip(xrow[ix..].iter().step_by(win.stride)) {
+                    *d = v;
                 }
             }
         }
@@ -69,30 +130,28 @@ fn fold_plane<T: WithDType>(
     rows: &[T],
     row_stride: usize,
     win: Window,
-    spans: &Spans,
+    taps: &Taps,
     gxp: &mut [T],
 ) {
-    for i in 0..win.k {
-        for (j, &(lo, hi, ix)) in spans.iter().enumerate() {
-            if lo >= hi {
+    for (r, &(i, _, (lo, hi, ix))) in taps.live.iter().enumerate() {
+        if lo >= hi {
+            continue;
+        }
+        let start = r * row_stride;
+        let row = &rows[start..start + win.out_plane()];
+        for oy in 0..win.out_h {
+            let Some(iy) = win.in_row(oy, i) else {
                 continue;
-            }
-            let start = (i * win.k + j) * row_stride;
-            let row = &rows[start..start + win.out_plane()];
-            for oy in 0..win.out_h {
-                let Some(iy) = win.in_row(oy, i) else {
-                    continue;
-                };
-                let grow = &row[oy * win.out_w + lo..oy * win.out_w + hi];
-                let xrow = &mut gxp[iy * win.w..(iy + 1) * win.w];
-                if win.stride == 1 {
-                    for (d, &v) in xrow[ix..ix + (hi - lo)].iter_mut().zip(grow) {
-                        *d += v;
-                    }
-                } else {
-                    for (d, &v) in xrow[ix..].iter_mut().step_by(win.stride).zip(grow) {
-                        *d += v;
-                    }
+            };
+            let grow = &row[oy * win.out_w + lo..oy * win.out_w + hi];
+            let xrow = &mut gxp[iy * win.w..(iy + 1) * win.w];
+            if win.stride == 1 {
+                for (d, &v) in xrow[ix..ix + (hi - lo)].iter_mut().zip(grow) {
+                    *d += v;
+                }
+            } else {
+                for (d, &v) in xrow[ix..].iter_mut().step_by(win.stride).zip(grow) {
+                    *d += v;
                 }
             }
         }
@@ -108,12 +167,12 @@ impl Im2Col {
         if per_image == 0 {
             return cols;
         }
-        let spans = win.col_spans();
+        let taps = Taps::all(win);
         // One task per (image, input channel): its k*k rows of the column matrix.
         cols.par_chunks_mut(kk * outp)
             .enumerate()
             .for_each(|(plane, rows)| {
-                unfold_plane(&x[plane * inp..(plane + 1) * inp], win, &spans, rows, outp)
+                unfold_plane(&x[plane * inp..(plane + 1) * inp], win, &taps, rows, outp)
             });
         cols
     }
@@ -126,10 +185,10 @@ impl Im2Col {
         if inp == 0 {
             return gx;
         }
-        let spans = win.col_spans();
+        let taps = Taps::all(win);
         gx.par_chunks_mut(inp).enumerate().for_each(|(plane, gxp)| {
             let rows = &cols[plane * kk * outp..(plane + 1) * kk * outp];
-            fold_plane(rows, outp, win, &spans, gxp)
+            fold_plane(rows, outp, win, &taps, gxp)
         });
         gx
     }
@@ -591,42 +650,40 @@ fn images_per_group(n: usize, out_plane: usize) -> usize {
     GROUP_COLUMNS.div_ceil(out_plane.max(1)).clamp(1, n.max(1))
 }
 
-/// Unfolds `gi` consecutive images of `c` planes into one `[c·k·k, gi·outp]` column matrix,
-/// image `i` in columns `i·outp .. (i+1)·outp`.
-fn unfold_images<T: WithDType>(x: &[T], c: usize, win: Window) -> Vec<T> {
-    let (inp, outp, kk) = (win.in_plane(), win.out_plane(), win.k * win.k);
+/// Unfolds `gi` consecutive images of `c` planes into one `[c·taps, gi·outp]` column matrix
+/// (the live taps only), image `i` in columns `i·outp .. (i+1)·outp`.
+fn unfold_images<T: WithDType>(x: &[T], c: usize, win: Window, taps: &Taps) -> Vec<T> {
+    let (inp, outp, kt) = (win.in_plane(), win.out_plane(), taps.len());
     let gi = x.len().checked_div(c * inp).unwrap_or(0);
     let row_stride = gi * outp;
-    let mut cols = vec![T::from_f64(0.0); c * kk * row_stride];
+    let mut cols = vec![T::from_f64(0.0); c * kt * row_stride];
     if cols.is_empty() {
         return cols;
     }
-    let spans = win.col_spans();
-    // One task per input channel: its k·k rows, every image's columns.
-    cols.par_chunks_mut(kk * row_stride)
+    // One task per input channel: its rows, every image's columns.
+    cols.par_chunks_mut(kt * row_stride)
         .enumerate()
         .for_each(|(ch, block)| {
             for i in 0..gi {
                 let xp = &x[(i * c + ch) * inp..(i * c + ch + 1) * inp];
-                unfold_plane(xp, win, &spans, &mut block[i * outp..], row_stride);
+                unfold_plane(xp, win, taps, &mut block[i * outp..], row_stride);
             }
         });
     cols
 }
 
 /// The adjoint of [`unfold_images`]: adds the column matrix back into `gx` (`gi` images).
-fn fold_images<T: WithDType>(cols: &[T], c: usize, win: Window, gx: &mut [T]) {
-    let (inp, outp, kk) = (win.in_plane(), win.out_plane(), win.k * win.k);
+fn fold_images<T: WithDType>(cols: &[T], c: usize, win: Window, taps: &Taps, gx: &mut [T]) {
+    let (inp, outp, kt) = (win.in_plane(), win.out_plane(), taps.len());
     let gi = gx.len().checked_div(c * inp).unwrap_or(0);
     let row_stride = gi * outp;
-    if inp == 0 {
+    if inp == 0 || kt == 0 {
         return;
     }
-    let spans = win.col_spans();
     gx.par_chunks_mut(inp).enumerate().for_each(|(plane, gxp)| {
         let (i, ch) = (plane / c, plane % c);
-        let rows = &cols[ch * kk * row_stride + i * outp..];
-        fold_plane(rows, row_stride, win, &spans, gxp);
+        let rows = &cols[ch * kt * row_stride + i * outp..];
+        fold_plane(rows, row_stride, win, taps, gxp);
     });
 }
 
@@ -659,6 +716,16 @@ fn image_major<T: WithDType>(x: &[T], o: usize, p: usize, dst: &mut [T]) {
         for (r, row) in image.chunks_exact_mut(p).enumerate() {
             row.copy_from_slice(&x[r * gi * p + i * p..r * gi * p + (i + 1) * p]);
         }
+    }
+}
+
+/// The kernel as the matrix products see it: borrowed when every tap is live, restricted to
+/// the live taps ([`Taps::gather`]) otherwise.
+fn live_kernel<'a, T: WithDType>(kernel: &'a [T], taps: &Taps, k: usize) -> Cow<'a, [T]> {
+    if taps.is_full(k) {
+        Cow::Borrowed(kernel)
+    } else {
+        Cow::Owned(taps.gather(kernel, k))
     }
 }
 
@@ -714,14 +781,17 @@ impl DenseConv {
         o: usize,
         win: Window,
     ) -> candle_core::Result<Vec<T>> {
-        let (inp, outp, ckk) = (win.in_plane(), win.out_plane(), c * win.k * win.k);
+        let (inp, outp) = (win.in_plane(), win.out_plane());
+        let taps = Taps::of(win);
+        let ckk = c * taps.len();
+        let kernel = live_kernel(kernel, &taps, win.k);
         let mut y = vec![T::from_f64(0.0); n * o * outp];
         let g = images_per_group(n, outp);
         for_each_group(&mut y, o * outp, g, |b0, yg, par| {
             let gi = yg.len() / (o * outp);
-            let cols = unfold_images(&x[b0 * c * inp..(b0 + gi) * c * inp], c, win);
+            let cols = unfold_images(&x[b0 * c * inp..(b0 + gi) * c * inp], c, win, &taps);
             let k = MatRef {
-                data: kernel,
+                data: &kernel,
                 rs: ckk,
                 cs: 1,
             };
@@ -749,7 +819,10 @@ impl DenseConv {
         o: usize,
         win: Window,
     ) -> candle_core::Result<Vec<T>> {
-        let (inp, outp, ckk) = (win.in_plane(), win.out_plane(), c * win.k * win.k);
+        let (inp, outp) = (win.in_plane(), win.out_plane());
+        let taps = Taps::of(win);
+        let ckk = c * taps.len();
+        let kernel = live_kernel(kernel, &taps, win.k);
         let mut gx = vec![T::from_f64(0.0); n * c * inp];
         let g = images_per_group(n, outp);
         for_each_group(&mut gx, c * inp, g, |b0, gxg, par| {
@@ -757,7 +830,7 @@ impl DenseConv {
             let gy = grouped(&grad[b0 * o * outp..(b0 + gi) * o * outp], o, outp);
             let mut cols = vec![T::from_f64(0.0); ckk * gi * outp];
             let kt = MatRef {
-                data: kernel,
+                data: &kernel,
                 rs: 1,
                 cs: ckk,
             };
@@ -767,7 +840,7 @@ impl DenseConv {
                 cs: 1,
             };
             gemm_into(&mut cols, (ckk, gi * outp, o), kt, gy, false, par)?;
-            fold_images(&cols, c, win, gxg);
+            fold_images(&cols, c, win, &taps, gxg);
             Ok(())
         })?;
         Ok(gx)
@@ -781,7 +854,9 @@ impl DenseConv {
         o: usize,
         win: Window,
     ) -> candle_core::Result<Vec<T>> {
-        let (inp, outp, ckk) = (win.in_plane(), win.out_plane(), c * win.k * win.k);
+        let (inp, outp) = (win.in_plane(), win.out_plane());
+        let taps = Taps::of(win);
+        let ckk = c * taps.len();
         let mut gk = vec![T::from_f64(0.0); o * ckk];
         let par = match rayon::current_num_threads() {
             0 | 1 => Parallelism::None,
@@ -790,7 +865,7 @@ impl DenseConv {
         let g = images_per_group(n, outp);
         for (index, b0) in (0..n).step_by(g).enumerate() {
             let gi = g.min(n - b0);
-            let cols = unfold_images(&x[b0 * c * inp..(b0 + gi) * c * inp], c, win);
+            let cols = unfold_images(&x[b0 * c * inp..(b0 + gi) * c * inp], c, win, &taps);
             let gy = grouped(&grad[b0 * o * outp..(b0 + gi) * o * outp], o, outp);
             let gy = MatRef {
                 data: &gy,
@@ -804,7 +879,11 @@ impl DenseConv {
             };
             gemm_into(&mut gk, (o, ckk, gi * outp), gy, cols_t, index > 0, par)?;
         }
-        Ok(gk)
+        Ok(if taps.is_full(win.k) {
+            gk
+        } else {
+            taps.scatter(&gk, win.k)
+        })
     }
 }
 

@@ -99,6 +99,11 @@ mod tests {
             (6, 5, 1, 1, 0),
             (1, 1, 3, 2, 1),
             (24, 24, 3, 2, 1),
+            // Kernel taps entirely in the padding (left out of the products): ResNet's last
+            // stage at 32 px, 1×1 planes (centre tap only) and 2×2 -> 1×1 (four taps).
+            (1, 1, 3, 1, 1),
+            (2, 2, 3, 2, 1),
+            (2, 3, 3, 1, 1),
         ];
         for ((h, w, ks, s, p), n) in cases.into_iter().flat_map(|c| [(c, 1), (c, 2), (c, 5)]) {
             let (c, o) = (3, 4);
