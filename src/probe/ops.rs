@@ -14,6 +14,7 @@
 //! - [`bias_act`], [`batch_norm_train`]: batch-norm epilogues fused with an [`Activation`]
 //!   (ReLU6 for EfficientNet, ReLU for ResNet);
 //! - [`add_relu`]: ResNet's residual join `relu(a + b)` as one operation;
+//! - [`max_pool_3x3_s2_p1`]: ResNet's stem pool with PyTorch's gradient at ties;
 //! - [`relu6`]: `min(max(x, 0), 6)` with PyTorch's derivative, 1 only for `0 < x < 6`.
 //!
 //! The CPU kernels support F32 and F64. On other devices every function falls back to an
@@ -29,9 +30,27 @@ use rayon::prelude::*;
 
 use crate::Result;
 
+/// Runs a one-input kernel on an f32 or f64 storage (`|x| body` gets the contiguous slice).
+macro_rules! dispatch1 {
+    ($s:expr, $l:expr, $what:expr, |$x:ident| $body:expr) => {
+        match candle_core::backend::BackendStorage::dtype($s) {
+            candle_core::DType::F32 => {
+                let $x = $crate::probe::ops::contiguous_slice::<f32>($s, $l)?;
+                candle_core::CpuStorage::F32($body)
+            }
+            candle_core::DType::F64 => {
+                let $x = $crate::probe::ops::contiguous_slice::<f64>($s, $l)?;
+                candle_core::CpuStorage::F64($body)
+            }
+            d => candle_core::bail!("{} supports f32 and f64 only, got {d:?}", $what),
+        }
+    };
+}
+
 mod batch_norm;
 mod depthwise;
 mod matmul;
+mod max_pool;
 
 pub use batch_norm::{batch_norm_train, bias_act};
 
@@ -40,6 +59,7 @@ pub use batch_norm::{batch_norm_train, bias_act};
 const ACTIVATIONS: [Activation; 3] = [Activation::Identity, Activation::Relu, Activation::Relu6];
 pub use depthwise::depthwise_conv2d;
 pub use matmul::{channel_matmul, conv2d, conv2d_same, pointwise_conv};
+pub use max_pool::max_pool_3x3_s2_p1;
 
 /// Minimum number of multiply-adds one parallel task should get, so tiny planes (2×2 at the end
 /// of the network on 64-pixel inputs) are grouped instead of paying rayon's per-task cost.

@@ -75,23 +75,6 @@ impl Planes {
     }
 }
 
-/// Runs a one-input kernel on an f32 or f64 storage.
-macro_rules! dispatch1 {
-    ($s:expr, $l:expr, $what:expr, |$x:ident| $body:expr) => {
-        match $s.dtype() {
-            DType::F32 => {
-                let $x = contiguous_slice::<f32>($s, $l)?;
-                CpuStorage::F32($body)
-            }
-            DType::F64 => {
-                let $x = contiguous_slice::<f64>($s, $l)?;
-                CpuStorage::F64($body)
-            }
-            d => bail!("{} supports f32 and f64 only, got {d:?}", $what),
-        }
-    };
-}
-
 // ---- per-channel shift -----------------------------------------------------------------------
 
 /// Forward op: `(x [N, C, ...], bias [C]) -> act(x + bias[c])`.

@@ -1,17 +1,17 @@
-//! ResNet's stem max-pool (3×3 window, stride 2, padding 1), built from differentiable tensor
-//! operations.
+//! ResNet's stem max-pool (3×3 window, stride 2, padding 1).
 //!
-//! candle 0.11's `max_pool2d` takes no padding and has no backward pass for overlapping windows,
-//! so the pool is assembled from slices, reshapes and element-wise `maximum`, which candle can
-//! differentiate on every device. A 3×3 max is separable: a 3-wide max along the width followed
-//! by a 3-tall max along the height gives the same values with four `maximum`s instead of eight.
-//!
-//! Gradient at ties: candle's `maximum` splits the gradient equally between equal operands,
-//! whereas PyTorch hands it all to the first maximal element of the window. The two agree
-//! wherever the maximum is unique. In ResNet the pool follows a ReLU, so the common ties are
-//! between zeros, whose incoming gradient the ReLU discards in both frameworks anyway.
+//! candle 0.11's `max_pool2d` takes no padding and has no backward pass for overlapping windows.
+//! On the CPU (f32, f64) the pool is [`crate::probe::ops::max_pool_3x3_s2_p1`], one pass each
+//! way with PyTorch's gradient at ties (all to the first maximal element). Elsewhere it is
+//! assembled from slices, reshapes and element-wise `maximum`, which candle can differentiate on
+//! every device: a 3×3 max is separable, a 3-wide max along the width followed by a 3-tall max
+//! along the height. That composition costs about ten full-size tensors each way (a tenth of a
+//! ResNet-18 embedding at 224 px on the CPU), and at ties candle's `maximum` splits the
+//! gradient equally between equal operands. The two agree wherever the maximum is unique; in
+//! ResNet the pool follows a ReLU, so the common ties are between zeros, whose incoming
+//! gradient the ReLU discards anyway.
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 
 use crate::Result;
 
@@ -19,6 +19,14 @@ use crate::Result;
 /// `MaxPool2d(kernel_size=3, stride=2, padding=1)`: the output is
 /// `[N, C, (H - 1) / 2 + 1, (W - 1) / 2 + 1]` (integer division) and padding never wins.
 pub fn max_pool_3x3_s2_p1(x: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
+        return crate::probe::ops::max_pool_3x3_s2_p1(x);
+    }
+    composite(x)
+}
+
+/// [`max_pool_3x3_s2_p1`] from candle's own operations.
+fn composite(x: &Tensor) -> Result<Tensor> {
     let (_, _, h, w) = x.dims4()?;
     if h == 0 || w == 0 {
         return Err(crate::Error::Mismatch(format!(
@@ -103,16 +111,21 @@ mod tests {
 
     #[test]
     fn matches_the_definition_for_odd_and_even_sizes() {
-        for (h, w) in [(1, 1), (2, 3), (5, 4), (7, 7), (8, 8), (9, 6)] {
+        type Pool = fn(&Tensor) -> Result<Tensor>;
+        let ways: [(&str, Pool); 2] = [("op", max_pool_3x3_s2_p1), ("composite", composite)];
+        for ((h, w), (way, pool)) in [(1, 1), (2, 3), (5, 4), (7, 7), (8, 8), (9, 6)]
+            .into_iter()
+            .flat_map(|size| ways.map(|way| (size, way)))
+        {
             let n = 2;
             let data = scrambled(n * h * w);
             let x = Tensor::from_vec(data.clone(), (1, n, h, w), &Device::Cpu).unwrap();
-            let y = max_pool_3x3_s2_p1(&x).unwrap();
+            let y = pool(&x).unwrap();
             assert_eq!(y.dims(), &[1, n, (h - 1) / 2 + 1, (w - 1) / 2 + 1]);
             assert_eq!(
                 y.flatten_all().unwrap().to_vec1::<f64>().unwrap(),
                 naive(&data, n, h, w),
-                "{h}x{w}"
+                "{way} {h}x{w}"
             );
         }
     }
@@ -155,6 +168,41 @@ mod tests {
             }
         }
         assert_eq!(g, expected);
+    }
+
+    #[test]
+    fn at_ties_the_whole_gradient_goes_to_the_first_maximum_as_in_pytorch() {
+        // A 3×3 plane of equal values, plus a NaN-free tie between (0, 1) and (1, 0) in a 2×2
+        // one: PyTorch's row-major scan keeps the first.
+        let x = Var::from_vec(vec![1.0f64; 9], (1, 1, 3, 3), &Device::Cpu).unwrap();
+        let y = max_pool_3x3_s2_p1(x.as_tensor()).unwrap();
+        assert_eq!(y.dims(), &[1, 1, 2, 2]);
+        let g = y.sum_all().unwrap().backward().unwrap();
+        let g = g
+            .get(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
+        // Output (0,0) reads rows 0..2, cols 0..2: first is (0,0); (0,1): rows 0..2, cols
+        // 1..3: first (0,1); (1,0): (1,0); (1,1): (1,1).
+        assert_eq!(g, vec![1.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]);
+        let x = Var::from_vec(vec![0.0f32, 5.0, 5.0, 1.0], (1, 1, 2, 2), &Device::Cpu).unwrap();
+        let g = max_pool_3x3_s2_p1(x.as_tensor())
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g = g
+            .get(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(g, vec![0.0, 1.0, 0.0, 0.0]);
     }
 
     #[test]
