@@ -5,15 +5,18 @@
 //! once at start-up makes that a cheap environment read and makes runs comparable.
 //!
 //! candle 0.11 also runs its element-wise operations on a second pool of its own, whose
-//! workers spin for a while after every operation. The probes' heavy operations run on rayon,
-//! so those spinning workers only compete with rayon's threads for the cores: a ResNet-18
-//! embedding at 32 px is ≈ 15 % faster when candle's pool is left out. Unless
-//! `CANDLE_NUM_THREADS` is set, [`configure_threads`] therefore gives candle's pool no extra
-//! worker (its element-wise operations run on the calling thread: in the probes they are
-//! mostly the gradient accumulations of candle's backward pass).
+//! workers spin (25,000 pause instructions by default) after every operation before they sleep.
+//! The probes' heavy operations run on rayon, so the spinning workers compete with rayon's
+//! threads for the cores: a ResNet-18 embedding at 32 px is ≈ 15 % faster when they give up
+//! after 100 spins, and large element-wise operations (EfficientNet-Lite0 at 224 px) keep
+//! their parallelism, which leaving candle's pool out entirely would cost (≈ 7 %). Unless
+//! `CANDLE_BARRIER_POOL_SPIN_LIMIT` is set, [`configure_threads`] sets it to 100.
 
-/// candle's own element-wise pool size (see the module documentation).
-pub const CANDLE_POOL_ENV: &str = "CANDLE_NUM_THREADS";
+/// How long candle's element-wise pool spins before sleeping (see the module documentation).
+pub const CANDLE_SPIN_ENV: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
+
+/// The spin limit [`configure_threads`] sets unless [`CANDLE_SPIN_ENV`] is set.
+pub const CANDLE_SPIN_LIMIT: &str = "100";
 
 /// Sets the number of compute threads for candle and rayon and returns it.
 ///
@@ -31,8 +34,8 @@ pub fn configure_threads(requested: Option<usize>) -> usize {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     // Single-threaded start-up: nothing else reads the environment concurrently yet.
     std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-    if std::env::var_os(CANDLE_POOL_ENV).is_none() {
-        std::env::set_var(CANDLE_POOL_ENV, "1");
+    if std::env::var_os(CANDLE_SPIN_ENV).is_none() {
+        std::env::set_var(CANDLE_SPIN_ENV, CANDLE_SPIN_LIMIT);
     }
     // A global pool may already exist (e.g. in tests); then the env var still steers candle.
     let _ = rayon::ThreadPoolBuilder::new()
