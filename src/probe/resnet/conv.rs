@@ -104,6 +104,10 @@ mod tests {
             (1, 1, 3, 1, 1),
             (2, 2, 3, 2, 1),
             (2, 3, 3, 1, 1),
+            // Output rows of 16 and more unfold by row pieces, narrower ones through a
+            // gather table: both, with and without stride.
+            (5, 17, 3, 1, 1),
+            (6, 36, 3, 2, 1),
         ];
         for ((h, w, ks, s, p), n) in cases.into_iter().flat_map(|c| [(c, 1), (c, 2), (c, 5)]) {
             let (c, o) = (3, 4);
