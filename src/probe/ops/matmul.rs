@@ -645,6 +645,10 @@ pub fn conv2d(x: &Tensor, kernel: &Tensor, stride: usize, padding: usize) -> Res
 /// matrix make it a GEMM.
 const GROUP_COLUMNS: usize = 512;
 
+/// Independent runs the kernel gradient's sum over images is split into (fixed, so the result
+/// does not depend on the thread count).
+const KERNEL_GRAD_PARTS: usize = 2;
+
 /// How many consecutive images share one column matrix.
 fn images_per_group(n: usize, out_plane: usize) -> usize {
     GROUP_COLUMNS.div_ceil(out_plane.max(1)).clamp(1, n.max(1))
@@ -846,7 +850,9 @@ impl DenseConv {
         Ok(gx)
     }
 
-    /// `dK = Σ_g dY_g · cols(X_g)ᵀ`, accumulated group after group.
+    /// `dK = Σ_g dY_g · cols(X_g)ᵀ`: the groups split into [`KERNEL_GRAD_PARTS`] fixed runs,
+    /// each accumulated group after group on its own thread, the runs' sums added in order.
+    /// The split never depends on the thread count, so neither do the bits.
     fn grad_kernel<T: WithDType>(
         x: &[T],
         grad: &[T],
@@ -857,27 +863,48 @@ impl DenseConv {
         let (inp, outp) = (win.in_plane(), win.out_plane());
         let taps = Taps::of(win);
         let ckk = c * taps.len();
-        let mut gk = vec![T::from_f64(0.0); o * ckk];
-        let par = match rayon::current_num_threads() {
+        let g = images_per_group(n, outp);
+        let starts: Vec<usize> = (0..n).step_by(g).collect();
+        let runs: Vec<&[usize]> = starts
+            .chunks(starts.len().div_ceil(KERNEL_GRAD_PARTS).max(1))
+            .collect();
+        let threads = rayon::current_num_threads();
+        let par = match threads / runs.len().max(1) {
             0 | 1 => Parallelism::None,
             t => Parallelism::Rayon(t),
         };
-        let g = images_per_group(n, outp);
-        for (index, b0) in (0..n).step_by(g).enumerate() {
-            let gi = g.min(n - b0);
-            let cols = unfold_images(&x[b0 * c * inp..(b0 + gi) * c * inp], c, win, &taps);
-            let gy = grouped(&grad[b0 * o * outp..(b0 + gi) * o * outp], o, outp);
-            let gy = MatRef {
-                data: &gy,
-                rs: gi * outp,
-                cs: 1,
-            };
-            let cols_t = MatRef {
-                data: &cols,
-                rs: 1,
-                cs: gi * outp,
-            };
-            gemm_into(&mut gk, (o, ckk, gi * outp), gy, cols_t, index > 0, par)?;
+        let partial = |run: &[usize]| -> candle_core::Result<Vec<T>> {
+            let mut gk = vec![T::from_f64(0.0); o * ckk];
+            for (index, &b0) in run.iter().enumerate() {
+                let gi = g.min(n - b0);
+                let cols = unfold_images(&x[b0 * c * inp..(b0 + gi) * c * inp], c, win, &taps);
+                let gy = grouped(&grad[b0 * o * outp..(b0 + gi) * o * outp], o, outp);
+                let gy = MatRef {
+                    data: &gy,
+                    rs: gi * outp,
+                    cs: 1,
+                };
+                let cols_t = MatRef {
+                    data: &cols,
+                    rs: 1,
+                    cs: gi * outp,
+                };
+                gemm_into(&mut gk, (o, ckk, gi * outp), gy, cols_t, index > 0, par)?;
+            }
+            Ok(gk)
+        };
+        let mut sums = runs
+            .into_par_iter()
+            .map(partial)
+            .collect::<candle_core::Result<Vec<_>>>()?
+            .into_iter();
+        let mut gk = sums
+            .next()
+            .unwrap_or_else(|| vec![T::from_f64(0.0); o * ckk]);
+        for part in sums {
+            for (a, b) in gk.iter_mut().zip(part) {
+                *a += b;
+            }
         }
         Ok(if taps.is_full(win.k) {
             gk

@@ -145,6 +145,35 @@ mod tests {
     }
 
     #[test]
+    fn gradients_are_the_same_bits_with_one_or_three_threads() {
+        // 24 images of 4×4 make several groups, split into the kernel gradient's fixed runs.
+        let (n, c, o, h) = (24, 5, 6, 4);
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let xv: Vec<f32> = values(n * c * h * h, 1).iter().map(|&v| v as f32).collect();
+                let kv: Vec<f32> = values(o * c * 9, 2).iter().map(|&v| v as f32).collect();
+                let x = Var::from_vec(xv, (n, c, h, h), &Device::Cpu).unwrap();
+                let k = Var::from_vec(kv, (o, c, 3, 3), &Device::Cpu).unwrap();
+                let y = conv2d(x.as_tensor(), k.as_tensor(), 1, 1).unwrap();
+                let g = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+                let bits = |t: &Tensor| -> Vec<u32> {
+                    let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                    v.iter().map(|v| v.to_bits()).collect()
+                };
+                (
+                    bits(g.get(x.as_tensor()).unwrap()),
+                    bits(g.get(k.as_tensor()).unwrap()),
+                )
+            })
+        };
+        assert!(run(1) == run(3), "the thread count changed the gradients");
+    }
+
+    #[test]
     fn untracked_input_gets_no_gradient() {
         let x = Tensor::ones((1, 2, 5, 5), DType::F32, &Device::Cpu).unwrap();
         let k = Var::ones((3, 2, 3, 3), DType::F32, &Device::Cpu).unwrap();
