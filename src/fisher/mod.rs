@@ -266,14 +266,25 @@ impl SquaredGradSums {
     }
 
     /// Adds the squared gradient of every parameter; a parameter without a gradient (no path
-    /// from the loss) contributes zero, so the layout never depends on the data.
+    /// from the loss) contributes zero, so the layout never depends on the data. On the CPU
+    /// each sum is updated in place in one pass ([`AddSquare`]), elsewhere through candle's
+    /// `sqr` and `add`.
     pub fn add(
         &mut self,
         params: &[&ProbeParam],
         grads: &candle_core::backprop::GradStore,
     ) -> Result<()> {
-        let squares = Self::squares(params, grads)?;
-        self.add_squares(squares)
+        for (sum, p) in self.sums.iter_mut().zip(params) {
+            let Some(g) = grads.get(p.var.as_tensor()) else {
+                continue;
+            };
+            if sum.device().is_cpu() && sum.dtype() == g.dtype() && sum.dims() == g.dims() {
+                sum.inplace_op2(&g.detach().contiguous()?, &AddSquare)?;
+            } else {
+                *sum = sum.add(&g.detach().sqr()?)?.detach();
+            }
+        }
+        Ok(())
     }
 
     /// The squared gradient of every parameter (`None`: no gradient), detached.
@@ -319,6 +330,55 @@ impl SquaredGradSums {
                 })
             })
             .collect()
+    }
+}
+
+/// `sum += g²`, in place, for same-shape f32 or f64 CPU tensors: one pass and no allocation
+/// (candle's `sqr` then `add` make two passes and two new tensors per parameter and batch).
+struct AddSquare;
+
+impl candle_core::InplaceOp2 for AddSquare {
+    fn name(&self) -> &'static str {
+        "add-square"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut candle_core::CpuStorage,
+        l1: &candle_core::Layout,
+        s2: &candle_core::CpuStorage,
+        l2: &candle_core::Layout,
+    ) -> candle_core::Result<()> {
+        use candle_core::CpuStorage::{F32, F64};
+        fn run<T: candle_core::WithDType>(
+            sum: &mut [T],
+            l1: &candle_core::Layout,
+            g: &[T],
+            l2: &candle_core::Layout,
+        ) -> candle_core::Result<()> {
+            match (l1.contiguous_offsets(), l2.contiguous_offsets()) {
+                (Some((a0, a1)), Some((b0, b1))) if a1 - a0 == b1 - b0 => {
+                    for (s, &v) in sum[a0..a1].iter_mut().zip(&g[b0..b1]) {
+                        *s += v * v;
+                    }
+                    Ok(())
+                }
+                _ => candle_core::bail!(
+                    "add-square: layouts {:?} and {:?} are not contiguous and alike",
+                    l1.dims(),
+                    l2.dims()
+                ),
+            }
+        }
+        match (s1, s2) {
+            (F32(sum), F32(g)) => run(sum, l1, g, l2),
+            (F64(sum), F64(g)) => run(sum, l1, g, l2),
+            (a, b) => candle_core::bail!(
+                "add-square supports f32 and f64 only, got {:?} and {:?}",
+                candle_core::backend::BackendStorage::dtype(&*a),
+                candle_core::backend::BackendStorage::dtype(b)
+            ),
+        }
     }
 }
 
