@@ -47,19 +47,44 @@ macro_rules! dispatch1 {
     };
 }
 
+/// Runs a two-input kernel on f32 or f64 storages of one dtype (`|a, b| body` gets the
+/// contiguous slices; the body is written once and instantiated for both types).
+macro_rules! dispatch2 {
+    ($s1:expr, $l1:expr, $s2:expr, $l2:expr, $what:expr, |$a:ident, $b:ident| $body:expr) => {
+        match (
+            candle_core::backend::BackendStorage::dtype($s1),
+            candle_core::backend::BackendStorage::dtype($s2),
+        ) {
+            (candle_core::DType::F32, candle_core::DType::F32) => {
+                let $a = $crate::probe::ops::contiguous_slice::<f32>($s1, $l1)?;
+                let $b = $crate::probe::ops::contiguous_slice::<f32>($s2, $l2)?;
+                candle_core::CpuStorage::F32($body)
+            }
+            (candle_core::DType::F64, candle_core::DType::F64) => {
+                let $a = $crate::probe::ops::contiguous_slice::<f64>($s1, $l1)?;
+                let $b = $crate::probe::ops::contiguous_slice::<f64>($s2, $l2)?;
+                candle_core::CpuStorage::F64($body)
+            }
+            (x, y) => {
+                candle_core::bail!("{} supports f32 and f64 only, got {x:?} and {y:?}", $what)
+            }
+        }
+    };
+}
+
 mod batch_norm;
 mod depthwise;
 mod matmul;
 mod max_pool;
 
 pub use batch_norm::{batch_norm_train, bias_act};
+pub use depthwise::depthwise_conv2d;
+pub use matmul::{channel_matmul, conv2d, conv2d_same, pointwise_conv};
+pub use max_pool::max_pool_3x3_s2_p1;
 
 /// Every [`Activation`], for the tests.
 #[cfg(test)]
 const ACTIVATIONS: [Activation; 3] = [Activation::Identity, Activation::Relu, Activation::Relu6];
-pub use depthwise::depthwise_conv2d;
-pub use matmul::{channel_matmul, conv2d, conv2d_same, pointwise_conv};
-pub use max_pool::max_pool_3x3_s2_p1;
 
 /// Minimum number of multiply-adds one parallel task should get, so tiny planes (2×2 at the end
 /// of the network on 64-pixel inputs) are grouped instead of paying rayon's per-task cost.
@@ -221,33 +246,6 @@ fn pad_same(x: &Tensor, h: usize, w: usize, k: usize, stride: usize) -> Result<T
         .pad_with_zeros(3, pw.before, pw.after)?)
 }
 
-/// Runs a two-input kernel on f32 or f64 storages of one dtype.
-fn dispatch2<F32Fn, F64Fn>(
-    s1: &CpuStorage,
-    l1: &Layout,
-    s2: &CpuStorage,
-    l2: &Layout,
-    what: &str,
-    f32_fn: F32Fn,
-    f64_fn: F64Fn,
-) -> candle_core::Result<CpuStorage>
-where
-    F32Fn: FnOnce(&[f32], &[f32]) -> candle_core::Result<Vec<f32>>,
-    F64Fn: FnOnce(&[f64], &[f64]) -> candle_core::Result<Vec<f64>>,
-{
-    Ok(match (s1.dtype(), s2.dtype()) {
-        (DType::F32, DType::F32) => CpuStorage::F32(f32_fn(
-            contiguous_slice(s1, l1)?,
-            contiguous_slice(s2, l2)?,
-        )?),
-        (DType::F64, DType::F64) => CpuStorage::F64(f64_fn(
-            contiguous_slice(s1, l1)?,
-            contiguous_slice(s2, l2)?,
-        )?),
-        (a, b) => bail!("{what} supports f32 and f64 only, got {a:?} and {b:?}"),
-    })
-}
-
 /// Forward op of ReLU6.
 struct Relu6;
 
@@ -355,22 +353,25 @@ fn clamp6<T: WithDType>(v: T) -> T {
 /// elsewhere (`y` the activation's output or input).
 struct ActGrad(Activation);
 
-fn act_grad_slice<T: WithDType>(act: Activation, y: &[T], g: &[T]) -> Vec<T> {
-    let zero = T::from_f64(0.0);
-    let mut out = vec![zero; y.len()];
+/// `f(a[i], b[i])` for every element of two same-length slices, in parallel chunks.
+fn zip_map<T: WithDType>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
+    let mut out = vec![T::from_f64(0.0); a.len()];
     out.par_chunks_mut(ELEMWISE_CHUNK)
         .zip(
-            y.par_chunks(ELEMWISE_CHUNK)
-                .zip(g.par_chunks(ELEMWISE_CHUNK)),
+            a.par_chunks(ELEMWISE_CHUNK)
+                .zip(b.par_chunks(ELEMWISE_CHUNK)),
         )
-        .for_each(|(o, (y, g))| {
-            for ((d, &v), &gv) in o.iter_mut().zip(y).zip(g) {
-                if act.passes(v) {
-                    *d = gv;
-                }
+        .for_each(|(o, (a, b))| {
+            for ((d, &x), &y) in o.iter_mut().zip(a).zip(b) {
+                *d = f(x, y);
             }
         });
     out
+}
+
+fn act_grad_slice<T: WithDType>(act: Activation, y: &[T], g: &[T]) -> Vec<T> {
+    let zero = T::from_f64(0.0);
+    zip_map(y, g, |v, gv| if act.passes(v) { gv } else { zero })
 }
 
 impl CustomOp2 for ActGrad {
@@ -394,15 +395,14 @@ impl CustomOp2 for ActGrad {
             );
         }
         let act = self.0;
-        let out = dispatch2(
+        let out = dispatch2!(
             s1,
             l1,
             s2,
             l2,
             "activation backward",
-            |y, g| Ok(act_grad_slice(act, y, g)),
-            |y, g| Ok(act_grad_slice(act, y, g)),
-        )?;
+            |y, g| act_grad_slice(act, y, g)
+        );
         Ok((out, l1.shape().clone()))
     }
 }
@@ -411,18 +411,7 @@ impl CustomOp2 for ActGrad {
 struct AddRelu;
 
 fn add_relu_slice<T: WithDType>(a: &[T], b: &[T]) -> Vec<T> {
-    let mut out = vec![T::from_f64(0.0); a.len()];
-    out.par_chunks_mut(ELEMWISE_CHUNK)
-        .zip(
-            a.par_chunks(ELEMWISE_CHUNK)
-                .zip(b.par_chunks(ELEMWISE_CHUNK)),
-        )
-        .for_each(|(o, (a, b))| {
-            for ((d, &x), &y) in o.iter_mut().zip(a).zip(b) {
-                *d = Activation::Relu.apply(x + y);
-            }
-        });
-    out
+    zip_map(a, b, |x, y| Activation::Relu.apply(x + y))
 }
 
 impl CustomOp2 for AddRelu {
@@ -444,15 +433,7 @@ impl CustomOp2 for AddRelu {
                 l2.dims()
             );
         }
-        let out = dispatch2(
-            s1,
-            l1,
-            s2,
-            l2,
-            "add_relu",
-            |a, b| Ok(add_relu_slice(a, b)),
-            |a, b| Ok(add_relu_slice(a, b)),
-        )?;
+        let out = dispatch2!(s1, l1, s2, l2, "add_relu", |a, b| add_relu_slice(a, b));
         Ok((out, l1.shape().clone()))
     }
 

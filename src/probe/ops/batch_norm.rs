@@ -114,21 +114,9 @@ impl CustomOp2 for BiasAct {
                 l1.dims()
             );
         }
-        let out = match (s1.dtype(), s2.dtype()) {
-            (DType::F32, DType::F32) => CpuStorage::F32(bias_act_kernel(
-                contiguous_slice::<f32>(s1, l1)?,
-                contiguous_slice(s2, l2)?,
-                p,
-                self.act,
-            )),
-            (DType::F64, DType::F64) => CpuStorage::F64(bias_act_kernel(
-                contiguous_slice::<f64>(s1, l1)?,
-                contiguous_slice(s2, l2)?,
-                p,
-                self.act,
-            )),
-            (a, b) => bail!("bias_act supports f32 and f64 only, got {a:?} and {b:?}"),
-        };
+        let out = dispatch2!(s1, l1, s2, l2, "bias_act", |x, b| bias_act_kernel(
+            x, b, p, self.act
+        ));
         Ok((out, l1.shape().clone()))
     }
 

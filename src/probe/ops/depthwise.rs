@@ -4,11 +4,10 @@
 //! transposed convolution; here one pass over each (image, channel) plane gives the output, the
 //! input gradient or (summed over images) the kernel gradient.
 
-use candle_core::backend::BackendStorage;
-use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Shape, Tensor, WithDType};
+use candle_core::{bail, CpuStorage, CustomOp2, Layout, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
-use super::{contiguous_slice, dims4, pad_same, Window};
+use super::{dims4, pad_same, Window};
 use crate::Result;
 
 /// Strided `dst[t] += a * src[t * stride]` over `dst`.
@@ -364,15 +363,7 @@ impl CustomOp2 for DepthwiseFwd {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (n, op) = self.geometry(l1, l2)?;
         let shape = Shape::from((n, op.c, op.win.out_h, op.win.out_w));
-        let out = match (s1.dtype(), s2.dtype()) {
-            (DType::F32, DType::F32) => CpuStorage::F32(
-                op.forward(contiguous_slice::<f32>(s1, l1)?, contiguous_slice(s2, l2)?),
-            ),
-            (DType::F64, DType::F64) => CpuStorage::F64(
-                op.forward(contiguous_slice::<f64>(s1, l1)?, contiguous_slice(s2, l2)?),
-            ),
-            (a, b) => bail!("depthwise_conv2d supports f32 and f64 only, got {a:?} and {b:?}"),
-        };
+        let out = dispatch2!(s1, l1, s2, l2, "depthwise_conv2d", |a, b| op.forward(a, b));
         Ok((out, shape))
     }
 
@@ -443,15 +434,8 @@ impl CustomOp2 for DepthwiseGradInput {
                 self.x_dims
             );
         }
-        let out = match (s1.dtype(), s2.dtype()) {
-            (DType::F32, DType::F32) => CpuStorage::F32(
-                op.grad_input(contiguous_slice::<f32>(s1, l1)?, contiguous_slice(s2, l2)?),
-            ),
-            (DType::F64, DType::F64) => CpuStorage::F64(
-                op.grad_input(contiguous_slice::<f64>(s1, l1)?, contiguous_slice(s2, l2)?),
-            ),
-            (a, b) => bail!("depthwise_conv2d supports f32 and f64 only, got {a:?} and {b:?}"),
-        };
+        let out = dispatch2!(s1, l1, s2, l2, "depthwise_conv2d", |a, b| op
+            .grad_input(a, b));
         Ok((out, Shape::from((n, c, h, w))))
     }
 }
@@ -486,15 +470,8 @@ impl CustomOp2 for DepthwiseGradKernel {
                 l1.dims()
             );
         }
-        let out = match (s1.dtype(), s2.dtype()) {
-            (DType::F32, DType::F32) => CpuStorage::F32(
-                op.grad_kernel(contiguous_slice::<f32>(s1, l1)?, contiguous_slice(s2, l2)?),
-            ),
-            (DType::F64, DType::F64) => CpuStorage::F64(
-                op.grad_kernel(contiguous_slice::<f64>(s1, l1)?, contiguous_slice(s2, l2)?),
-            ),
-            (a, b) => bail!("depthwise_conv2d supports f32 and f64 only, got {a:?} and {b:?}"),
-        };
+        let out = dispatch2!(s1, l1, s2, l2, "depthwise_conv2d", |a, b| op
+            .grad_kernel(a, b));
         Ok((out, Shape::from((c, 1, self.k, self.k))))
     }
 }

@@ -6,15 +6,15 @@
 //! same `gemm` kernels candle uses, accumulating the kernel gradient over images in place.
 
 use candle_core::backend::BackendStorage;
+use std::borrow::Cow;
+
 use candle_core::{
     bail, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor, WithDType,
 };
-use std::borrow::Cow;
-
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::{contiguous_slice, dims4, dispatch2, pad_same, Window};
+use super::{contiguous_slice, dims4, pad_same, Window};
 use crate::Result;
 
 /// `x` `[N, C, H, W]` -> columns `[N, C*k*k, out_h*out_w]`, "SAME" padding folded in.
@@ -472,15 +472,7 @@ impl CustomOp2 for ChannelMatmul {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let d = ChannelMatmulDims::of(l1, l2)?;
-        let out = dispatch2(
-            s1,
-            l1,
-            s2,
-            l2,
-            "channel_matmul",
-            |x, w| d.forward(x, w),
-            |x, w| d.forward(x, w),
-        )?;
+        let out = dispatch2!(s1, l1, s2, l2, "channel_matmul", |x, w| d.forward(x, w)?);
         Ok((out, Shape::from((d.n, d.o, d.l))))
     }
 
@@ -534,15 +526,8 @@ impl CustomOp2 for ChannelMatmulGradInput {
             );
         }
         let d = ChannelMatmulDims { n, c, l, o };
-        let out = dispatch2(
-            s1,
-            l1,
-            s2,
-            l2,
-            "channel_matmul",
-            |g, w| d.grad_input(g, w),
-            |g, w| d.grad_input(g, w),
-        )?;
+        let out = dispatch2!(s1, l1, s2, l2, "channel_matmul", |g, w| d
+            .grad_input(g, w)?);
         Ok((out, Shape::from((n, c, l))))
     }
 }
@@ -576,15 +561,8 @@ impl CustomOp2 for ChannelMatmulGradWeight {
             );
         }
         let d = ChannelMatmulDims { n, c, l, o: self.o };
-        let out = dispatch2(
-            s1,
-            l1,
-            s2,
-            l2,
-            "channel_matmul",
-            |x, g| d.grad_weight(x, g),
-            |x, g| d.grad_weight(x, g),
-        )?;
+        let out = dispatch2!(s1, l1, s2, l2, "channel_matmul", |x, g| d
+            .grad_weight(x, g)?);
         Ok((out, Shape::from((self.o, c))))
     }
 }
@@ -936,15 +914,13 @@ impl CustomOp2 for DenseConv {
             );
         }
         let win = self.window((n, c, h, w), k)?;
-        let out = dispatch2(
-            s1,
-            l1,
-            s2,
-            l2,
-            "conv2d",
-            |x, k| Self::forward(x, k, (n, c), o, win),
-            |x, k| Self::forward(x, k, (n, c), o, win),
-        )?;
+        let out = dispatch2!(s1, l1, s2, l2, "conv2d", |x, k| Self::forward(
+            x,
+            k,
+            (n, c),
+            o,
+            win
+        )?);
         Ok((out, Shape::from((n, o, win.out_h, win.out_w))))
     }
 
@@ -1018,25 +994,21 @@ impl CustomOp2 for DenseConvGrad {
             );
         }
         let out = if self.of_input {
-            dispatch2(
-                s1,
-                l1,
-                s2,
-                l2,
-                "conv2d",
-                |g, kernel| DenseConv::grad_input(g, kernel, (n, c), o, win),
-                |g, kernel| DenseConv::grad_input(g, kernel, (n, c), o, win),
-            )?
+            dispatch2!(s1, l1, s2, l2, "conv2d", |g, kernel| DenseConv::grad_input(
+                g,
+                kernel,
+                (n, c),
+                o,
+                win
+            )?)
         } else {
-            dispatch2(
-                s1,
-                l1,
-                s2,
-                l2,
-                "conv2d",
-                |g, x| DenseConv::grad_kernel(x, g, (n, c), o, win),
-                |g, x| DenseConv::grad_kernel(x, g, (n, c), o, win),
-            )?
+            dispatch2!(s1, l1, s2, l2, "conv2d", |g, x| DenseConv::grad_kernel(
+                x,
+                g,
+                (n, c),
+                o,
+                win
+            )?)
         };
         let shape = if self.of_input {
             Shape::from((n, c, h, w))

@@ -9,7 +9,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
-use super::{dims4, dispatch2};
+use super::dims4;
 use crate::Result;
 
 /// Output length of one spatial axis: `(len + 2·1 − 3) / 2 + 1`.
@@ -116,15 +116,11 @@ impl CustomOp2 for MaxPoolGrad {
                 l1.dims()
             );
         }
-        let out = dispatch2(
-            s1,
-            l1,
-            s2,
-            l2,
-            "max_pool_3x3_s2_p1",
-            |x, g| Ok(backward(x, g, (h, w))),
-            |x, g| Ok(backward(x, g, (h, w))),
-        )?;
+        let out = dispatch2!(s1, l1, s2, l2, "max_pool_3x3_s2_p1", |x, g| backward(
+            x,
+            g,
+            (h, w)
+        ));
         Ok((out, l1.shape().clone()))
     }
 }
