@@ -16,10 +16,13 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use task2vec::distance::d_asym;
-use task2vec_qdrant::{IndexTransform, VectorSpace};
+use task2vec::distance::{d_asym, d_sym};
+use task2vec_qdrant::{IndexTransform, VectorSpace, FORMULA_KAPPA};
 
 const KS: [usize; 5] = [20, 50, 100, 200, 300];
+/// Two-stage shortlists: the cosine top `K2` re-scored by the formula (`s |u − v|² − alpha c`,
+/// the Qdrant-only query's score), cut to its top `K`.
+const TWO_STAGE: [(usize, usize); 3] = [(200, 100), (300, 100), (400, 100)];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<usize> = std::env::args()
@@ -69,25 +72,37 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         common::random_mixture(&mut rng, seed)
     };
     let probes: Vec<Vec<f32>> = (0..queries).map(|q| vector(9_000_000 + q as u64)).collect();
-    let probe_index: Vec<Vec<Vec<f32>>> = transforms
+    let probe_raw: Vec<Vec<Vec<f32>>> = transforms
         .iter()
-        .map(|(_, t)| {
-            probes
-                .iter()
-                .map(|p| t(p).map(unit))
-                .collect::<Result<_, _>>()
-        })
+        .map(|(_, t)| probes.iter().map(|p| t(p)).collect::<Result<_, _>>())
         .collect::<Result<_, _>>()?;
+    let probe_index: Vec<Vec<Vec<f32>>> = probe_raw
+        .iter()
+        .map(|ps| ps.iter().cloned().map(unit).collect())
+        .collect();
+    let slope = FORMULA_KAPPA / (2.0 * space.dimension as f64);
     // exact[q][i] and cosine distances cos[t][q][i].
     let mut exact = vec![Vec::with_capacity(n); queries];
     let mut cos = vec![vec![Vec::with_capacity(n); queries]; transforms.len()];
+    // The formula's approximate d_asym, per transform, query and stored vector.
+    let mut formula = vec![vec![Vec::with_capacity(n); queries]; transforms.len()];
     for i in 0..n {
         let h = vector(1_000_000 + i as u64);
         for (q, p) in probes.iter().enumerate() {
             exact[q].push(d_asym(&h, p, trivial, alpha)?);
         }
+        let complexity = d_sym(&h, trivial)?;
         for (ti, (_, t)) in transforms.iter().enumerate() {
-            let v = unit(t(&h)?);
+            let u = t(&h)?;
+            for q in 0..queries {
+                let sq: f64 = u
+                    .iter()
+                    .zip(&probe_raw[ti][q])
+                    .map(|(&a, &b)| (f64::from(a) - f64::from(b)).powi(2))
+                    .sum();
+                formula[ti][q].push(slope * sq - alpha * complexity);
+            }
+            let v = unit(u);
             for q in 0..queries {
                 cos[ti][q].push(-dot(&v, &probe_index[ti][q]));
             }
@@ -101,7 +116,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
          10 within the cosine top K"
     );
     let truth: Vec<Vec<usize>> = exact.iter().map(|e| top(e, 10)).collect();
-    for ((name, t), scores) in transforms.iter().zip(&cos) {
+    for (((name, t), scores), formula) in transforms.iter().zip(&cos).zip(&formula) {
         let mut line = format!("{name:>28} ({:>5} dims)", t(&probes[0])?.len());
         for k in KS {
             let r: f64 = (0..queries)
@@ -109,6 +124,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .sum::<f64>()
                 / queries as f64;
             line += &format!("  K={k} {r:.3}");
+        }
+        for (k2, k) in TWO_STAGE {
+            let r: f64 = (0..queries)
+                .map(|q| {
+                    let mut shortlist = top(&scores[q], k2);
+                    shortlist.sort_by(|&a, &b| formula[q][a].total_cmp(&formula[q][b]));
+                    shortlist.truncate(k);
+                    overlap(&truth[q], &shortlist)
+                })
+                .sum::<f64>()
+                / queries as f64;
+            line += &format!("  K={k2}→{k} {r:.3}");
         }
         println!("{line}");
     }

@@ -29,7 +29,7 @@ use serde_json::Value;
 use task2vec::embedding::Embedding;
 use uuid::Uuid;
 
-use crate::backend::{Collection, Filter, Point, WithVectors};
+use crate::backend::{Filter, Point, WithVectors};
 use crate::record::{ExpertPayload, TaskPayload};
 use crate::store::{now, Kind, Manifest, HESSIAN, MODEL2VEC, SCALE, TASK2VEC};
 use crate::{Error, Result, Store, StoreConfig};
@@ -90,8 +90,8 @@ impl Store {
                 what: "already holds a dump: export into a new folder".into(),
             });
         }
-        let tasks = export_points(self.tasks(), &dir.join(TASKS_FILE))?;
-        let experts = export_points(self.experts(), &dir.join(EXPERTS_FILE))?;
+        let tasks = export_points(self, Kind::Tasks, &dir.join(TASKS_FILE))?;
+        let experts = export_points(self, Kind::Experts, &dir.join(EXPERTS_FILE))?;
         let trivial = match self.trivial_embedding()? {
             Some(t) => {
                 t.save(&dir.join(TRIVIAL_FILE))?;
@@ -219,14 +219,17 @@ fn read_header(dir: &Path) -> Result<Header> {
     Ok(header)
 }
 
-/// Writes every point of `c` to `path`, one JSON line each; returns how many.
-fn export_points(c: &dyn Collection, path: &Path) -> Result<usize> {
+/// Writes every point of the `kind` collection of `store` (with its raw vectors, wherever the
+/// store keeps them) to `path`, one JSON line each; returns how many.
+fn export_points(store: &Store, kind: Kind, path: &Path) -> Result<usize> {
+    let c = store.collection(kind);
     let file = File::create(path).map_err(|e| Error::io(path, e))?;
     let mut out = BufWriter::new(file);
     let mut n = 0;
     let mut offset = None;
     loop {
-        let (page, next) = c.scroll(&Filter::default(), WithVectors::All, offset, BATCH)?;
+        let (mut page, next) = c.scroll(&Filter::default(), WithVectors::All, offset, BATCH)?;
+        store.add_raw(kind, &mut page, WithVectors::All)?;
         for p in page {
             let line = Line {
                 id: p.id,
@@ -269,7 +272,6 @@ fn import_points(
     check_payload: impl Fn(Value) -> serde_json::Result<()>,
 ) -> Result<usize> {
     let dimension = store.space().dimension;
-    let c = store.collection(kind);
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let bad = |line: usize, what: String| Error::Dump {
         path: PathBuf::from(format!("{}:{line}", path.display())),
@@ -332,13 +334,13 @@ fn import_points(
         });
         n += 1;
         if batch.len() == BATCH {
-            c.upsert(std::mem::take(&mut batch))?;
+            store.write_points(kind, std::mem::take(&mut batch))?;
             store.wrote(kind, BATCH)?;
         }
     }
     if !batch.is_empty() {
         let len = batch.len();
-        c.upsert(batch)?;
+        store.write_points(kind, batch)?;
         store.wrote(kind, len)?;
     }
     if n != expected {

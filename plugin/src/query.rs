@@ -29,7 +29,7 @@ use uuid::Uuid;
 
 use crate::backend::{Filter, FormulaQuery, Nearest};
 use crate::record::ExpertPayload;
-use crate::store::MODEL2VEC;
+use crate::store::{Kind, MODEL2VEC};
 use crate::{Error, Result, Store};
 
 /// Settings of [`Store::select_experts`] (missing fields of a JSON document take the
@@ -137,7 +137,7 @@ impl Store {
         let index = self.index_vector(&target.hessian)?;
         let c = self.experts();
         let hits = self.shortlist_with_d_sym(
-            c,
+            Kind::Experts,
             &Nearest {
                 using: MODEL2VEC,
                 vector: index,

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use crate::backend::{Condition, Filter, Nearest, WithVectors};
 use crate::record::{tag_pair, Tags, TaskPayload, TaskSummary};
-use crate::store::TASK2VEC;
+use crate::store::{Kind, TASK2VEC};
 use crate::{task_point_id, Error, Result, Store};
 
 /// Which stored tasks a query considers (every condition must hold; the default lets all
@@ -135,7 +135,7 @@ impl Store {
         let index = self.index_vector(&target.hessian)?;
         let c = self.tasks();
         let hits = self.shortlist_with_d_sym(
-            c,
+            Kind::Tasks,
             &Nearest {
                 using: TASK2VEC,
                 vector: index,

@@ -7,16 +7,27 @@
 //!   once at creation;
 //! - `store.lock`: held (advisory lock) while a [`Store`] is open, so two processes never
 //!   write the same engine files;
-//! - `tasks/`, `experts/`: one Qdrant Edge shard each (WAL + segments);
+//! - `tasks/`, `experts/`: one Qdrant Edge shard each (WAL + segments): index vectors and
+//!   payload, what searches read;
+//! - `tasks_raw/`, `experts_raw/`: the raw vectors of the same points, read by id only
+//!   ([`RawVectors::Companion`]; stores made before version 2 keep them in `tasks/` and
+//!   `experts/`, [`RawVectors::Inline`]);
 //! - `trivial.safetensors`: the trivial embedding t0 of the asymmetric distance, once set
 //!   ([`Store::set_trivial`]; not needed for variational embeddings, whose own prior is t0).
 //!
-//! On a server the same data is in the collections `{prefix}tasks`, `{prefix}experts` and
-//! `{prefix}meta` (manifest and trivial embedding); see [`crate::config::RemoteConfig`].
+//! On a server the same data is in the collections `{prefix}tasks`, `{prefix}experts`,
+//! `{prefix}tasks_raw`, `{prefix}experts_raw` and `{prefix}meta` (manifest and trivial
+//! embedding); see [`crate::config::RemoteConfig`].
 //!
 //! Every point carries the index vector `task2vec` (cosine, see [`IndexTransform`]; experts
-//! also `model2vec`), the raw Fisher vector `hessian` for the exact re-rank, the raw `scale`
-//! when it is not all ones, and a JSON payload (see [`crate::record`] and docs/schema.md).
+//! also `model2vec`) and a JSON payload (see [`crate::record`] and docs/schema.md); its raw
+//! Fisher vector `hessian` for the exact re-rank, and the raw `scale` when it is not all ones,
+//! are in the point of the same id in the companion collection. Keeping 168 kB of raw vector
+//! per point out of the searched collection keeps that collection in one segment up to about
+//! 100,000 points (each segment is searched in turn) and makes re-deriving index vectors a
+//! small write. Writes go to the companion first and deletes to it last, so a searched point
+//! always has its raw vectors; a failure between the two leaves at most an unreferenced raw
+//! point, replaced by the next write of that id.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -48,6 +59,10 @@ use crate::{
 pub const TASKS: &str = "tasks";
 /// Name of the experts collection (on a server: `{prefix}experts`).
 pub const EXPERTS: &str = "experts";
+/// Name of the tasks' raw-vector collection (on a server: `{prefix}tasks_raw`).
+pub const TASKS_RAW: &str = "tasks_raw";
+/// Name of the experts' raw-vector collection (on a server: `{prefix}experts_raw`).
+pub const EXPERTS_RAW: &str = "experts_raw";
 /// Index vector of every point (cosine).
 pub const TASK2VEC: &str = "task2vec";
 /// Index vector of experts (cosine): the training task's embedding until Model2Vec biases are
@@ -57,6 +72,8 @@ pub const MODEL2VEC: &str = "model2vec";
 pub const HESSIAN: &str = "hessian";
 /// Raw scale vector, present only when not all ones.
 pub const SCALE: &str = "scale";
+/// The raw vectors, which live in the companion collections.
+const RAW_NAMES: [&str; 2] = [HESSIAN, SCALE];
 
 /// Payload indexes of the tasks collection.
 const TASK_INDEXES: &[IndexedField] = &[
@@ -171,8 +188,56 @@ pub const AUTO_OPTIMIZE_WRITES: usize = 5_000;
 /// Points re-read and rewritten at once when derived values are recomputed ([`Store::rederive`]).
 const RECOMPUTE_BATCH: usize = 64;
 const MANIFEST_FORMAT: &str = "task2vec-qdrant-store";
-/// Version of the manifest and layout; readers refuse others.
-pub const STORE_VERSION: u32 = 1;
+/// Version of the manifest and layout this library writes. It reads it and version 1 (raw
+/// vectors inline, no `raw_vectors` key), and refuses others.
+pub const STORE_VERSION: u32 = 2;
+
+/// Where a store keeps the raw vectors (`hessian`, `scale`) of its points.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawVectors {
+    /// In the companion collections `tasks_raw` and `experts_raw`, under the same point ids,
+    /// without payload; the searched collections hold index vectors and payload only. The
+    /// default since store version 2.
+    Companion,
+    /// In the same points as the index vectors (every store of version 1). Still read and
+    /// written; a dump and an import move such a store to the companion layout.
+    Inline,
+}
+
+impl RawVectors {
+    /// What a manifest without the key (version 1) means.
+    fn version_1() -> RawVectors {
+        RawVectors::Inline
+    }
+}
+
+/// How a new store is laid out (an existing store keeps its own, from its manifest).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Layout {
+    /// The transform from a Fisher vector to the index vector.
+    pub transform: IndexTransform,
+    /// Where the raw vectors go.
+    pub raw_vectors: RawVectors,
+}
+
+impl Default for Layout {
+    fn default() -> Self {
+        Layout {
+            transform: IndexTransform::default(),
+            raw_vectors: RawVectors::Companion,
+        }
+    }
+}
+
+impl From<IndexTransform> for Layout {
+    fn from(transform: IndexTransform) -> Layout {
+        Layout {
+            transform,
+            ..Layout::default()
+        }
+    }
+}
 
 /// The store's manifest (`store.json`, or the manifest point of `{prefix}meta`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -181,16 +246,19 @@ pub(crate) struct Manifest {
     pub version: u32,
     pub space: VectorSpace,
     pub transform: IndexTransform,
+    #[serde(default = "RawVectors::version_1")]
+    pub raw_vectors: RawVectors,
     pub created: String,
 }
 
 impl Manifest {
-    fn new(space: &VectorSpace, transform: IndexTransform) -> Manifest {
+    fn new(space: &VectorSpace, layout: Layout) -> Manifest {
         Manifest {
             format: MANIFEST_FORMAT.into(),
             version: STORE_VERSION,
             space: space.clone(),
-            transform,
+            transform: layout.transform,
+            raw_vectors: layout.raw_vectors,
             created: now(),
         }
     }
@@ -198,10 +266,15 @@ impl Manifest {
 
 /// Refuses a manifest of another format or version, saying which.
 pub(crate) fn check_manifest_version(m: &Manifest) -> std::result::Result<(), String> {
-    if m.format != MANIFEST_FORMAT || m.version != STORE_VERSION {
+    let readable = match m.version {
+        1 => m.raw_vectors == RawVectors::Inline,
+        STORE_VERSION => true,
+        _ => false,
+    };
+    if m.format != MANIFEST_FORMAT || !readable {
         return Err(format!(
-            "manifest is `{}` version {}, this library reads `{MANIFEST_FORMAT}` version \
-             {STORE_VERSION}",
+            "manifest is `{}` version {}, this library reads `{MANIFEST_FORMAT}` versions 1 \
+             to {STORE_VERSION}",
             m.format, m.version
         ));
     }
@@ -221,6 +294,9 @@ pub struct Store {
     manifest: Manifest,
     tasks: Box<dyn Collection>,
     experts: Box<dyn Collection>,
+    /// The companion collections of the raw vectors, indexed by [`Kind`] (`None`:
+    /// [`RawVectors::Inline`]).
+    raw: [Option<Box<dyn Collection>>; 2],
     /// The trivial embedding t0, once known.
     trivial: RwLock<Option<Arc<Trivial>>>,
     /// Points written to tasks / experts since each was last optimised
@@ -241,18 +317,18 @@ impl Store {
     /// [`Error::Locked`] when another open store holds it; [`Error::Store`] when its manifest
     /// is unreadable; [`Error::Io`] / [`Error::Engine`] when files cannot be created or opened.
     pub fn open(dir: &Path, space: &VectorSpace) -> Result<Store> {
-        Store::open_with(dir, space, IndexTransform::default())
+        Store::open_with(dir, space, Layout::default())
     }
 
-    /// [`Store::open`] with the transform used if the store is created (an existing store keeps
+    /// [`Store::open`] with the layout used if the store is created (an existing store keeps
     /// its own and is not refused for another).
-    pub fn open_with(dir: &Path, space: &VectorSpace, transform: IndexTransform) -> Result<Store> {
+    pub fn open_with(dir: &Path, space: &VectorSpace, layout: impl Into<Layout>) -> Result<Store> {
         Store::open_config_with(
             &StoreConfig::Embedded {
                 path: dir.to_path_buf(),
             },
             space,
-            transform,
+            layout,
         )
     }
 
@@ -267,22 +343,23 @@ impl Store {
     }
 
     /// Opens the store `config` describes for vectors of `space`, creating it (with the default
-    /// [`IndexTransform`]) when absent: the folder and its files, or on a server the
-    /// collections `{prefix}meta`, `{prefix}tasks` and `{prefix}experts`.
+    /// [`Layout`]) when absent: the folder and its files, or on a server the collections
+    /// `{prefix}meta`, `{prefix}tasks`, `{prefix}experts` and their `_raw` companions.
     ///
     /// Errors: as [`Store::open`]; for a server, [`Error::Remote`] naming the URL and the
     /// request when it cannot be reached or refuses a request (within the configured
     /// timeouts), [`Error::Mismatch`] when the store there holds another space.
     pub fn open_config(config: &StoreConfig, space: &VectorSpace) -> Result<Store> {
-        Store::open_config_with(config, space, IndexTransform::default())
+        Store::open_config_with(config, space, Layout::default())
     }
 
-    /// [`Store::open_config`] with the transform used if the store is created.
+    /// [`Store::open_config`] with the layout used if the store is created.
     pub fn open_config_with(
         config: &StoreConfig,
         space: &VectorSpace,
-        transform: IndexTransform,
+        layout: impl Into<Layout>,
     ) -> Result<Store> {
+        let layout = layout.into();
         let location = Location::connect(config, true)?;
         let manifest = match location.read_manifest()? {
             Some(m) => {
@@ -302,8 +379,8 @@ impl Store {
                         "cannot create a store for vectors of dimension 0".into(),
                     ));
                 }
-                transform.validate()?;
-                let m = Manifest::new(space, transform);
+                layout.transform.validate()?;
+                let m = Manifest::new(space, layout);
                 location.create(&m)?;
                 m
             }
@@ -363,9 +440,12 @@ impl Store {
             .iter()
             .map(|&name| raw(name))
             .collect();
+        let companion = manifest.raw_vectors == RawVectors::Companion;
+        // Inline, the raw vectors are part of the searched collections.
+        let inline: &[VectorSpec] = if companion { &[] } else { &raws };
         let tasks = location.open_collection(
             TASKS,
-            &[&[index(TASK2VEC)][..], &raws].concat(),
+            &[&[index(TASK2VEC)][..], inline].concat(),
             TASK_INDEXES,
         )?;
         // Experts are searched on `model2vec`; their `task2vec` (the same vector until
@@ -376,9 +456,17 @@ impl Store {
         };
         let experts = location.open_collection(
             EXPERTS,
-            &[&[copy, index(MODEL2VEC)][..], &raws].concat(),
+            &[&[copy, index(MODEL2VEC)][..], inline].concat(),
             EXPERT_INDEXES,
         )?;
+        let raw = if companion {
+            [
+                Some(location.open_collection(TASKS_RAW, &raws, &[])?),
+                Some(location.open_collection(EXPERTS_RAW, &raws, &[])?),
+            ]
+        } else {
+            [None, None]
+        };
         let trivial = location
             .read_trivial(&manifest.space)?
             .map(|t| Arc::new(Trivial::new(t.hessian, &manifest.transform)));
@@ -386,6 +474,7 @@ impl Store {
             manifest,
             tasks,
             experts,
+            raw,
             trivial: RwLock::new(trivial),
             unindexed: [AtomicUsize::new(0), AtomicUsize::new(0)],
             auto_optimize: AtomicUsize::new(AUTO_OPTIMIZE_WRITES),
@@ -514,11 +603,14 @@ impl Store {
         if has_scale {
             vectors.insert(SCALE.to_string(), embedding.scale.clone());
         }
-        self.tasks.upsert(vec![Point {
-            id,
-            vectors,
-            payload: to_payload(&payload)?,
-        }])?;
+        self.write_points(
+            Kind::Tasks,
+            vec![Point {
+                id,
+                vectors,
+                payload: to_payload(&payload)?,
+            }],
+        )?;
         self.wrote(Kind::Tasks, 1)?;
         Ok(id)
     }
@@ -528,15 +620,14 @@ impl Store {
     /// Errors: [`Error::Corrupt`] when the point does not read back as this crate wrote it.
     pub fn get_task(&self, id: Uuid) -> Result<Option<StoredTask>> {
         let Some(point) = self
-            .tasks
-            .retrieve(&[id], WithVectors::All)?
+            .read_points(Kind::Tasks, &[id], WithVectors::All)?
             .into_iter()
             .next()
         else {
             return Ok(None);
         };
         let payload: TaskPayload = self.payload(self.tasks(), &point)?;
-        let embedding = self.embedding(self.tasks(), &point, &payload.meta, payload.has_scale)?;
+        let embedding = self.embedding(Kind::Tasks, &point, &payload.meta, payload.has_scale)?;
         Ok(Some(StoredTask {
             id,
             embedding,
@@ -547,7 +638,7 @@ impl Store {
 
     /// Deletes a task; returns whether it existed.
     pub fn delete_task(&self, id: Uuid) -> Result<bool> {
-        delete(self.tasks(), id)
+        self.delete_point(Kind::Tasks, id)
     }
 
     /// Every stored task, in point-id order.
@@ -621,11 +712,14 @@ impl Store {
         if has_scale {
             vectors.insert(SCALE.to_string(), trained_on.scale.clone());
         }
-        self.experts.upsert(vec![Point {
-            id,
-            vectors,
-            payload: to_payload(&payload)?,
-        }])?;
+        self.write_points(
+            Kind::Experts,
+            vec![Point {
+                id,
+                vectors,
+                payload: to_payload(&payload)?,
+            }],
+        )?;
         self.wrote(Kind::Experts, 1)?;
         Ok(id)
     }
@@ -633,15 +727,14 @@ impl Store {
     /// The stored expert with this id, or `None`.
     pub fn get_expert(&self, id: Uuid) -> Result<Option<StoredExpert>> {
         let Some(point) = self
-            .experts
-            .retrieve(&[id], WithVectors::All)?
+            .read_points(Kind::Experts, &[id], WithVectors::All)?
             .into_iter()
             .next()
         else {
             return Ok(None);
         };
         let p: ExpertPayload = self.payload(self.experts(), &point)?;
-        let trained_on = self.embedding(self.experts(), &point, &p.meta, p.has_scale)?;
+        let trained_on = self.embedding(Kind::Experts, &point, &p.meta, p.has_scale)?;
         Ok(Some(StoredExpert {
             id,
             expert: Expert {
@@ -664,7 +757,7 @@ impl Store {
 
     /// Deletes an expert; returns whether it existed.
     pub fn delete_expert(&self, id: Uuid) -> Result<bool> {
-        delete(self.experts(), id)
+        self.delete_point(Kind::Experts, id)
     }
 
     /// Every stored expert as `(id, expert)`, in point-id order.
@@ -756,7 +849,8 @@ impl Store {
     /// `index_norm` and `complexity`. Run by [`Store::set_trivial`] and when a store is
     /// opened (finishing an interrupted `set_trivial`, or upgrading points written before
     /// these fields: one filtered count per collection when nothing is stale). Points are
-    /// rewritten whole, one batch at a time. A point that cannot be derived (no raw vector,
+    /// rewritten one batch at a time (index vectors and payload; raw vectors stay where they
+    /// are, except in an inline store, where the point is rewritten whole). A point that cannot be derived (no raw vector,
     /// a vector of the wrong length) is left as it is and reported, not fatal: it says what is
     /// wrong whenever it is read, and the rest of the store stays usable.
     ///
@@ -784,27 +878,38 @@ impl Store {
                 .collect();
             for chunk in stale.chunks(RECOMPUTE_BATCH) {
                 let mut points = Vec::with_capacity(chunk.len());
-                for mut point in c.retrieve(chunk, WithVectors::All)? {
-                    match self.rederive_point(c, &mut point) {
+                for mut point in self.read_points(kind, chunk, WithVectors::All)? {
+                    match self.rederive_point(kind, &mut point) {
                         Ok(()) => points.push(point),
                         Err(e) => done.skipped.push(e),
                     }
                 }
                 done.points += points.len();
                 if !points.is_empty() {
-                    c.upsert(points)?;
+                    if self.raw[kind as usize].is_some() {
+                        // Unchanged: only the searched points are rewritten.
+                        for p in &mut points {
+                            p.vectors
+                                .retain(|name, _| !RAW_NAMES.contains(&name.as_str()));
+                        }
+                    }
+                    self.write_points(kind, points)?;
                 }
             }
         }
         Ok(done)
     }
 
-    fn rederive_point(&self, c: &dyn Collection, point: &mut Point) -> Result<()> {
-        let hessian = self.dense(c, point, HESSIAN)?;
-        let scale = self.dense(c, point, SCALE).ok();
-        let derived = self
-            .derive(hessian, scale)
-            .map_err(|e| corrupt(c, point.id, format!("cannot derive its index vector: {e}")))?;
+    fn rederive_point(&self, kind: Kind, point: &mut Point) -> Result<()> {
+        let hessian = self.dense(kind, point, HESSIAN)?;
+        let scale = self.dense(kind, point, SCALE).ok();
+        let derived = self.derive(hessian, scale).map_err(|e| {
+            corrupt(
+                self.collection(kind),
+                point.id,
+                format!("cannot derive its index vector: {e}"),
+            )
+        })?;
         for name in [TASK2VEC, MODEL2VEC] {
             if let Some(v) = point.vectors.get_mut(name) {
                 v.clone_from(&derived.index);
@@ -820,8 +925,17 @@ impl Store {
     /// the store is opened). A server optimises by itself: nothing to do.
     pub fn optimize(&self) -> Result<()> {
         for kind in [Kind::Tasks, Kind::Experts] {
-            self.collection(kind).optimize()?;
+            self.optimize_kind(kind)?;
             self.unindexed[kind as usize].store(0, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Optimises the collection of `kind` and its companion.
+    fn optimize_kind(&self, kind: Kind) -> Result<()> {
+        self.collection(kind).optimize()?;
+        if let Some(raw) = &self.raw[kind as usize] {
+            raw.optimize()?;
         }
         Ok(())
     }
@@ -845,7 +959,7 @@ impl Store {
             unindexed.store(0, Ordering::Relaxed);
             // The write itself is done; say so when the indexing after it fails (e.g. a full
             // disk), so a caller that retries knows the retry only re-indexes.
-            self.collection(kind).optimize().map_err(|e| match e {
+            self.optimize_kind(kind).map_err(|e| match e {
                 Error::Engine {
                     collection,
                     message,
@@ -866,6 +980,9 @@ impl Store {
     pub fn flush(&self) {
         self.tasks.flush();
         self.experts.flush();
+        for raw in self.raw.iter().flatten() {
+            raw.flush();
+        }
     }
 
     /// Flushes and closes the store, releasing its lock.
@@ -889,6 +1006,116 @@ impl Store {
     /// The experts collection.
     pub(crate) fn experts(&self) -> &dyn Collection {
         self.experts.as_ref()
+    }
+
+    /// The collection holding the raw vectors of `kind`: its companion, or (inline) itself.
+    pub(crate) fn raw_collection(&self, kind: Kind) -> &dyn Collection {
+        match &self.raw[kind as usize] {
+            Some(raw) => raw.as_ref(),
+            None => self.collection(kind),
+        }
+    }
+
+    /// Writes points whole into the collection of `kind`: with companion collections, a
+    /// point's raw vectors go to the companion first (a point without raw vectors leaves its
+    /// companion point as it is), so that a searched point never lacks them.
+    pub(crate) fn write_points(&self, kind: Kind, mut points: Vec<Point>) -> Result<()> {
+        if let Some(raw) = &self.raw[kind as usize] {
+            let raws: Vec<Point> = points
+                .iter_mut()
+                .filter_map(|p| {
+                    let vectors: BTreeMap<String, Vec<f32>> = RAW_NAMES
+                        .iter()
+                        .filter_map(|&name| p.vectors.remove_entry(name))
+                        .collect();
+                    (!vectors.is_empty()).then(|| Point {
+                        id: p.id,
+                        vectors,
+                        payload: Payload::new(),
+                    })
+                })
+                .collect();
+            if !raws.is_empty() {
+                raw.upsert(raws)?;
+            }
+        }
+        self.collection(kind).upsert(points)
+    }
+
+    /// The points of `kind` with these ids that exist, with payload and the vectors asked for
+    /// (raw ones read from the companion collection).
+    pub(crate) fn read_points(
+        &self,
+        kind: Kind,
+        ids: &[Uuid],
+        vectors: WithVectors,
+    ) -> Result<Vec<Point>> {
+        let c = self.collection(kind);
+        if self.raw[kind as usize].is_none() {
+            return c.retrieve(ids, vectors);
+        }
+        let (index, raw) = match vectors {
+            WithVectors::No => (WithVectors::No, WithVectors::No),
+            WithVectors::All => (WithVectors::All, WithVectors::All),
+            WithVectors::Only(names) if names.iter().all(|n| RAW_NAMES.contains(n)) => {
+                (WithVectors::No, vectors)
+            }
+            WithVectors::Only(names) if names.iter().all(|n| !RAW_NAMES.contains(n)) => {
+                (vectors, WithVectors::No)
+            }
+            WithVectors::Only(_) => (WithVectors::All, WithVectors::All),
+        };
+        let mut points = c.retrieve(ids, index)?;
+        self.add_raw(kind, &mut points, raw)?;
+        if let WithVectors::Only(names) = vectors {
+            for p in &mut points {
+                p.vectors.retain(|name, _| names.contains(&name.as_str()));
+            }
+        }
+        Ok(points)
+    }
+
+    /// Adds to points of `kind` read from its searched collection the raw vectors asked for,
+    /// from the companion collection (nothing to do inline).
+    pub(crate) fn add_raw(
+        &self,
+        kind: Kind,
+        points: &mut [Point],
+        vectors: WithVectors,
+    ) -> Result<()> {
+        let Some(raw) = &self.raw[kind as usize] else {
+            return Ok(());
+        };
+        if vectors == WithVectors::No || points.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<Uuid> = points.iter().map(|p| p.id).collect();
+        let mut found: HashMap<Uuid, BTreeMap<String, Vec<f32>>> = raw
+            .retrieve(&ids, vectors)?
+            .into_iter()
+            .map(|p| (p.id, p.vectors))
+            .collect();
+        for p in points {
+            if let Some(v) = found.remove(&p.id) {
+                p.vectors.extend(v);
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes a point of `kind` (the searched point first, then its raw vectors); returns
+    /// whether the searched point existed.
+    fn delete_point(&self, kind: Kind, id: Uuid) -> Result<bool> {
+        let c = self.collection(kind);
+        let existed = !c.retrieve(&[id], WithVectors::No)?.is_empty();
+        if existed {
+            c.delete(&[id])?;
+        }
+        if let Some(raw) = &self.raw[kind as usize] {
+            // Also clears a raw point left by an upsert that failed half-way.
+            raw.delete(&[id])?;
+        }
+        Ok(existed)
     }
 
     pub(crate) fn check_task_embedding(&self, embedding: &Embedding) -> Result<()> {
@@ -924,14 +1151,14 @@ impl Store {
     /// Rebuilds the embedding of a point read with its vectors.
     pub(crate) fn embedding(
         &self,
-        c: &dyn Collection,
+        kind: Kind,
         p: &Point,
         meta: &EmbeddingMeta,
         has_scale: bool,
     ) -> Result<Embedding> {
-        let hessian = self.dense(c, p, HESSIAN)?.to_vec();
+        let hessian = self.dense(kind, p, HESSIAN)?.to_vec();
         let scale = if has_scale {
-            self.dense(c, p, SCALE)?.to_vec()
+            self.dense(kind, p, SCALE)?.to_vec()
         } else {
             vec![1.0; hessian.len()]
         };
@@ -944,20 +1171,20 @@ impl Store {
         })
     }
 
-    /// The cosine shortlist of `query` in `c`, each hit with its exact `d_sym` to `target`
-    /// computed on the raw `hessian` vectors: the prefetch + exact re-rank that `select` and
-    /// `similar` share. The search returns ids and scores; each hit's payload and raw vector
-    /// are then read, and compared, in one chunk per core, so reading them (the engine copies
-    /// 168 kB per point out of its storage) runs in parallel too. The hits come back with their
-    /// payload (the raw vector dropped once used), in the search's order; a hit deleted
-    /// between the search and the read is left out.
+    /// The cosine shortlist of `query` in the collection of `kind`, each hit with its exact
+    /// `d_sym` to `target` computed on the raw `hessian` vectors: the prefetch + exact re-rank
+    /// that `select` and `similar` share. The search returns ids and scores; each hit's
+    /// payload and raw vector are then read, and compared, in one chunk per core, so reading
+    /// them (the engine copies 168 kB per point out of its storage) runs in parallel too. The
+    /// hits come back with their payload (the raw vector dropped once used), in the search's
+    /// order; a hit deleted between the search and the read is left out.
     pub(crate) fn shortlist_with_d_sym(
         &self,
-        c: &dyn Collection,
+        kind: Kind,
         query: &Nearest,
         target: &Embedding,
     ) -> Result<Vec<(Scored, f64)>> {
-        let hits = c.search(query)?;
+        let hits = self.collection(kind).search(query)?;
         let rank: HashMap<Uuid, (usize, f32)> = hits
             .iter()
             .enumerate()
@@ -969,8 +1196,8 @@ impl Store {
             .par_chunks(chunk)
             .map(|ids| {
                 let mut out = Vec::with_capacity(ids.len());
-                for mut point in c.retrieve(ids, WithVectors::Only(&[HESSIAN]))? {
-                    let d = d_sym_fast(self.dense(c, &point, HESSIAN)?, &target.hessian)?;
+                for mut point in self.read_points(kind, ids, WithVectors::Only(&[HESSIAN]))? {
+                    let d = d_sym_fast(self.dense(kind, &point, HESSIAN)?, &target.hessian)?;
                     point.vectors.clear();
                     if let Some(&(i, score)) = rank.get(&point.id) {
                         out.push((i, Scored { point, score }, d));
@@ -986,13 +1213,14 @@ impl Store {
         Ok(found.into_iter().map(|(_, hit, d)| (hit, d)).collect())
     }
 
-    /// The dense vector `name` of a point read with its vectors.
-    pub(crate) fn dense<'p>(
-        &self,
-        c: &dyn Collection,
-        p: &'p Point,
-        name: &str,
-    ) -> Result<&'p [f32]> {
+    /// The dense vector `name` of a point of `kind` read with its vectors (a missing raw vector
+    /// is reported against the collection that should hold it).
+    pub(crate) fn dense<'p>(&self, kind: Kind, p: &'p Point, name: &str) -> Result<&'p [f32]> {
+        let c = if RAW_NAMES.contains(&name) {
+            self.raw_collection(kind)
+        } else {
+            self.collection(kind)
+        };
         match p.vectors.get(name) {
             Some(v) if v.len() == self.space().dimension => Ok(v),
             Some(v) => Err(corrupt(
@@ -1014,14 +1242,6 @@ impl Drop for Store {
         // The engine's shards flush on drop too; flushing here first keeps the order explicit.
         self.flush();
     }
-}
-
-fn delete(c: &dyn Collection, id: Uuid) -> Result<bool> {
-    let existed = !c.retrieve(&[id], WithVectors::No)?.is_empty();
-    if existed {
-        c.delete(&[id])?;
-    }
-    Ok(existed)
 }
 
 /// The raw vectors the collections of `space` hold: `hessian`, and `scale` for variational

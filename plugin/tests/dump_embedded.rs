@@ -255,3 +255,97 @@ fn a_store_with_the_older_full_length_index_migrates_to_the_layered_sketch() {
         space().layout.len() + 4096
     );
 }
+
+/// Rewrites an embedded store's manifest as a version-1 library wrote it: version 1, no
+/// `raw_vectors` key.
+fn make_version_1(dir: &Path) {
+    let path = dir.join("store.json");
+    let text = std::fs::read_to_string(&path).expect("manifest");
+    let mut m: serde_json::Value = serde_json::from_str(&text).expect("manifest JSON");
+    assert_eq!(m["version"], 2);
+    assert_eq!(m["raw_vectors"], "inline");
+    m["version"] = 1.into();
+    m.as_object_mut().expect("object").remove("raw_vectors");
+    std::fs::write(&path, m.to_string()).expect("write manifest");
+}
+
+#[test]
+fn a_version_1_store_with_inline_raw_vectors_still_works_and_migrates_to_companion_collections() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let old_dir = root.path().join("old");
+    let inline = task2vec_qdrant::Layout {
+        raw_vectors: task2vec_qdrant::RawVectors::Inline,
+        ..Default::default()
+    };
+    let old = Store::open_with(&old_dir, &space(), inline).expect("old store");
+    fill(&old);
+    old.close();
+    make_version_1(&old_dir);
+    // Version 1: the raw vectors are in the searched collections, no companions.
+    assert!(!old_dir.join("tasks_raw").exists());
+    assert!(!old_dir.join("experts_raw").exists());
+    let config = std::fs::read_to_string(old_dir.join("tasks").join("edge_config.json"))
+        .expect("edge config");
+    assert!(config.contains("\"hessian\""), "{config}");
+
+    let old = Store::open_existing(&old_dir).expect("a version-1 store opens");
+    let options = SelectOptions {
+        alpha: 0.15,
+        prefetch: 10,
+        limit: 4,
+    };
+    let target = embedding("target", perturbed(1, 0.25, 98));
+    let before = old.select_experts(&target, &options).expect("select");
+    assert_eq!(before.len(), 4);
+    let task = old.list_tasks().expect("list")[0].id;
+    let task_before = old.get_task(task).expect("get").expect("task");
+    // Writes keep the inline layout (and no companion appears).
+    let extra = embedding("extra", perturbed(3, 0.2, 77));
+    let extra_id = old.upsert_task(&extra, &Tags::new()).expect("upsert");
+    assert_eq!(
+        old.get_task(extra_id)
+            .expect("get")
+            .expect("extra")
+            .embedding,
+        extra
+    );
+    assert!(old.delete_task(extra_id).expect("delete"));
+    assert!(!old_dir.join("tasks_raw").exists());
+    let dump = root.path().join("dump");
+    old.export_dump(&dump).expect("export");
+    old.close();
+
+    let new_dir = root.path().join("new");
+    Store::import_dump_into(&embedded(&new_dir), &dump).expect("import");
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(new_dir.join("store.json")).expect("manifest"),
+    )
+    .expect("manifest JSON");
+    assert_eq!(manifest["version"], 2);
+    assert_eq!(manifest["raw_vectors"], "companion");
+    let config = std::fs::read_to_string(new_dir.join("tasks").join("edge_config.json"))
+        .expect("edge config");
+    assert!(!config.contains("\"hessian\""), "{config}");
+    assert!(new_dir.join("tasks_raw").is_dir() && new_dir.join("experts_raw").is_dir());
+
+    let new = Store::open_existing(&new_dir).expect("open");
+    let after = new.select_experts(&target, &options).expect("select");
+    assert_eq!(before, after, "same ranking, same distances");
+    assert_eq!(
+        new.get_task(task).expect("get").expect("task").embedding,
+        task_before.embedding
+    );
+}
+
+#[test]
+fn a_manifest_of_an_unknown_version_is_refused() {
+    let root = tempfile::tempdir().expect("temp dir");
+    Store::open(root.path(), &space()).expect("store").close();
+    let path = root.path().join("store.json");
+    let text = std::fs::read_to_string(&path).expect("manifest");
+    std::fs::write(&path, text.replace("\"version\": 2", "\"version\": 3")).expect("write");
+    match Store::open_existing(root.path()) {
+        Err(Error::Store { what, .. }) => assert!(what.contains("version 3"), "{what}"),
+        other => panic!("expected a store error, got {:?}", other.map(|_| ())),
+    }
+}

@@ -185,12 +185,25 @@ fn check_collection_settings(r: &RemoteStore) {
         } else {
             assert!(!map.map.contains_key("model2vec"), "{collection}");
         }
-        // Raw vectors on disk, no graph; `scale` only in variational stores.
-        let v = &map.map["hessian"];
+        // Raw vectors in the companion collection: on disk, no graph; `scale` only in
+        // variational stores.
+        assert!(!map.map.contains_key("hessian"), "{collection}");
+        let raw = format!("{collection}_raw");
+        let raw_info = r.info(&raw);
+        let Some(vectors_config::Config::ParamsMap(raw_map)) = raw_info
+            .config
+            .as_ref()
+            .and_then(|c| c.params.as_ref())
+            .and_then(|p| p.vectors_config.as_ref())
+            .and_then(|v| v.config.as_ref())
+        else {
+            panic!("{raw}: named vectors expected");
+        };
+        let v = &raw_map.map["hessian"];
         assert_eq!((v.size, v.distance), (42016, Distance::Dot as i32));
         assert_eq!(v.on_disk, Some(true));
         assert_eq!(v.hnsw_config.as_ref().and_then(|h| h.m), Some(0));
-        assert!(!map.map.contains_key("scale"), "{collection}");
+        assert!(!raw_map.map.contains_key("scale"), "{raw}");
         for field in indexed_fields {
             assert!(
                 info.payload_schema.contains_key(*field),

@@ -76,12 +76,14 @@ fn edge_vectors(dir: &std::path::Path, collection: &str) -> serde_json::Value {
 }
 
 /// Calls `check` with every searched index vector's engine parameters (`collection.name`
-/// first), after checking the raw vectors of both collections and the experts' `task2vec` copy
-/// (never searched: on disk, no graph).
+/// first), after checking the raw vectors of both companion collections (and that the searched
+/// collections hold none) and the experts' `task2vec` copy (never searched: on disk, no graph).
 fn for_each_index_vector(dir: &std::path::Path, check: impl Fn(&str, &serde_json::Value)) {
     for (collection, searched) in [("tasks", "task2vec"), ("experts", "model2vec")] {
+        let raw = format!("{collection}_raw");
+        assert_raw_vectors_on_disk(&edge_vectors(dir, &raw), &raw);
         let vectors = edge_vectors(dir, collection);
-        assert_raw_vectors_on_disk(&vectors, collection);
+        assert!(vectors.get("hessian").is_none(), "{collection}: {vectors}");
         check(&format!("{collection}.{searched}"), &vectors[searched]);
         if collection == "experts" {
             let copy = &vectors["task2vec"];
@@ -190,13 +192,13 @@ fn reopening_or_optimizing_compacts_the_write_ahead_log_and_later_writes_persist
         ids
     };
     assert!(
-        closed_wal_segments(dir.path(), "tasks") >= 2,
+        closed_wal_segments(dir.path(), "tasks_raw") >= 2,
         "the log grew past two segments"
     );
     {
         let store = Store::open_existing(dir.path()).expect("reopen");
         assert_eq!(
-            closed_wal_segments(dir.path(), "tasks"),
+            closed_wal_segments(dir.path(), "tasks_raw"),
             1,
             "compacted on open"
         );
@@ -209,10 +211,10 @@ fn reopening_or_optimizing_compacts_the_write_ahead_log_and_later_writes_persist
         assert_eq!(id, ids[7]);
         // While the store stays open, optimize() compacts too.
         fill(&store, n);
-        assert!(closed_wal_segments(dir.path(), "tasks") >= 2);
+        assert!(closed_wal_segments(dir.path(), "tasks_raw") >= 2);
         store.optimize().expect("optimize");
         assert_eq!(
-            closed_wal_segments(dir.path(), "tasks"),
+            closed_wal_segments(dir.path(), "tasks_raw"),
             1,
             "compacted in place"
         );
@@ -253,7 +255,7 @@ fn variational_scale_round_trips() {
     assert_eq!(back.embedding.scale, e.scale);
     assert_eq!(back.embedding, e);
     store.close();
-    let scale = &edge_vectors(dir.path(), "tasks")["scale"];
+    let scale = &edge_vectors(dir.path(), "tasks_raw")["scale"];
     assert_eq!(scale["size"], 42016, "{scale}");
     assert_eq!(scale["on_disk"], true, "{scale}");
 
@@ -380,6 +382,16 @@ fn delete_removes_only_that_task() {
     let mut expected = vec![ids[0], ids[2]];
     expected.sort();
     assert_eq!(listed, expected);
+    store.close();
+    // The raw vectors went with it: the companion collection holds the other two.
+    let raw = qdrant_edge::EdgeShard::load(&dir.path().join("tasks_raw"), None).expect("shard");
+    let count = raw
+        .count(qdrant_edge::CountRequest {
+            filter: None,
+            exact: true,
+        })
+        .expect("count");
+    assert_eq!(count, 2);
 }
 
 #[test]
@@ -585,25 +597,28 @@ fn indexed_segments(dir: &std::path::Path, collection: &str) -> usize {
 fn the_store_indexes_by_itself_every_so_many_writes() {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = Store::open(dir.path(), &space()).expect("create store");
-    store.set_auto_optimize(100);
+    // The engine builds a graph only for segments over 10 MB of vectors (smaller ones are
+    // searched exactly): 700 index vectors of 16.8 kB.
+    let every = 700;
+    store.set_auto_optimize(every);
     let base = fixture_embedding(3);
     let write = |i: usize| {
         let e = embedding(&format!("auto-{i}"), base.hessian.clone());
         store.upsert_task(&e, &Tags::new()).expect("upsert");
     };
-    (0..99).for_each(write);
+    (0..every - 1).for_each(write);
     store.flush();
     assert_eq!(indexed_segments(dir.path(), "tasks"), 0, "not yet");
-    write(99);
+    write(every - 1);
     assert_eq!(
         indexed_segments(dir.path(), "tasks"),
         1,
-        "the 100th write indexed"
+        "the 700th write indexed"
     );
-    assert_eq!(store.count_tasks().expect("count"), 100);
+    assert_eq!(store.count_tasks().expect("count"), every);
     // Off: nothing happens by itself.
     store.set_auto_optimize(0);
-    (100..250).for_each(write);
+    (every..every + 150).for_each(write);
     assert_eq!(indexed_segments(dir.path(), "tasks"), 1);
-    assert_eq!(store.count_tasks().expect("count"), 250);
+    assert_eq!(store.count_tasks().expect("count"), every + 150);
 }

@@ -88,7 +88,7 @@ impl Drop for RemoteStore {
             .skip_compatibility_check()
             .build();
         if let (Ok(runtime), Ok(client)) = (runtime, client) {
-            for name in ["tasks", "experts", "meta"] {
+            for name in ["tasks", "experts", "tasks_raw", "experts_raw", "meta"] {
                 let _ = runtime.block_on(client.delete_collection(self.collection(name)));
             }
         }
