@@ -146,7 +146,6 @@ impl Store {
             &dir.join(TASKS_FILE),
             header.tasks,
             &[TASK2VEC, HESSIAN, SCALE],
-            &[TASK2VEC],
             |p| serde_json::from_value::<TaskPayload>(p).map(|_| ()),
         )?;
         let experts = import_points(
@@ -155,7 +154,6 @@ impl Store {
             &dir.join(EXPERTS_FILE),
             header.experts,
             &[TASK2VEC, MODEL2VEC, HESSIAN, SCALE],
-            &[TASK2VEC, MODEL2VEC],
             |p| serde_json::from_value::<ExpertPayload>(p).map(|_| ()),
         )?;
         let dump_trivial = if header.trivial {
@@ -260,15 +258,15 @@ fn export_points(store: &Store, kind: Kind, path: &Path) -> Result<usize> {
 }
 
 /// Reads `path` and upserts its points into the `kind` collection of `store`, checking each
-/// line; returns how many. The index vectors `index_names` are recomputed from `hessian` with
-/// the store's transform.
+/// line; returns how many. The index vectors (any vector of `names` but `hessian` and `scale`)
+/// are recomputed from `hessian` with the store's transform, for the index vectors this store's
+/// points carry (a version-1 store's experts have a `task2vec` copy, a version-2 store's not).
 fn import_points(
     store: &Store,
     kind: Kind,
     path: &Path,
     expected: usize,
     names: &[&str],
-    index_names: &[&str],
     check_payload: impl Fn(Value) -> serde_json::Result<()>,
 ) -> Result<usize> {
     let dimension = store.space().dimension;
@@ -297,7 +295,7 @@ fn import_points(
                     format!("vector `{name}` is not base64 of f32 values"),
                 )
             })?;
-            if index_names.contains(&name.as_str()) {
+            if name != HESSIAN && name != SCALE {
                 // Derived data: recomputed below with this store's transform.
                 continue;
             }
@@ -320,7 +318,7 @@ fn import_points(
         let derived = store
             .derive(hessian, vectors.get(SCALE).map(Vec::as_slice))
             .map_err(|e| bad(i + 1, e.to_string()))?;
-        for name in index_names {
+        for name in store.index_names(kind) {
             vectors.insert(name.to_string(), derived.index.clone());
         }
         let mut payload = line.payload;

@@ -30,6 +30,11 @@ use task2vec::embedding::LayoutEntry;
 
 use crate::{Error, Result, VectorSpace};
 
+/// Buckets of the default transform's sketch: the fewest that find the exact top 10 under
+/// `d_asym` within the cosine top 100 at 100,000 stored experts (recall@10 0.990; 4,096 buckets
+/// give 0.965: BENCHMARKS.md, "Expert selection"). Stores made with 4,096 keep them.
+pub const DEFAULT_SKETCH_DIM: usize = 8192;
+
 /// How a Fisher vector becomes the vector Qdrant indexes under cosine similarity.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -72,7 +77,7 @@ impl Default for IndexTransform {
     fn default() -> Self {
         IndexTransform::LayeredSketch {
             floor_rel: 1e-4,
-            sketch_dim: 4096,
+            sketch_dim: DEFAULT_SKETCH_DIM,
             relative_to_trivial: true,
         }
     }

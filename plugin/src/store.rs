@@ -448,17 +448,19 @@ impl Store {
             &[&[index(TASK2VEC)][..], inline].concat(),
             TASK_INDEXES,
         )?;
-        // Experts are searched on `model2vec`; their `task2vec` (the same vector until
-        // Model2Vec biases exist) is kept for readers, off the RAM and the graph.
+        // Experts are searched on `model2vec`. Version-1 stores also kept a `task2vec` copy
+        // (the same vector until Model2Vec biases exist) for readers, off the RAM and the
+        // graph; version 2 leaves it out, so the collection stays one segment longer.
         let copy = VectorSpec {
             kind: VectorKind::IndexCopy,
             ..index(TASK2VEC)
         };
-        let experts = location.open_collection(
-            EXPERTS,
-            &[&[copy, index(MODEL2VEC)][..], inline].concat(),
-            EXPERT_INDEXES,
-        )?;
+        let expert_vectors = if companion {
+            vec![index(MODEL2VEC)]
+        } else {
+            [&[copy, index(MODEL2VEC)][..], inline].concat()
+        };
+        let experts = location.open_collection(EXPERTS, &expert_vectors, EXPERT_INDEXES)?;
         let raw = if companion {
             [
                 Some(location.open_collection(TASKS_RAW, &raws, &[])?),
@@ -704,11 +706,10 @@ impl Store {
             index_norm: derived.index_norm,
             meta: without_layout(meta),
         };
-        let mut vectors = BTreeMap::from([
-            (TASK2VEC.to_string(), derived.index.clone()),
-            (MODEL2VEC.to_string(), derived.index),
-            (HESSIAN.to_string(), trained_on.hessian.clone()),
-        ]);
+        let mut vectors = BTreeMap::from([(HESSIAN.to_string(), trained_on.hessian.clone())]);
+        for &name in self.index_names(Kind::Experts) {
+            vectors.insert(name.to_string(), derived.index.clone());
+        }
         if has_scale {
             vectors.insert(SCALE.to_string(), trained_on.scale.clone());
         }
@@ -1006,6 +1007,17 @@ impl Store {
     /// The experts collection.
     pub(crate) fn experts(&self) -> &dyn Collection {
         self.experts.as_ref()
+    }
+
+    /// The index vectors the points of `kind` carry (all equal to the derived index vector):
+    /// `task2vec` for tasks; `model2vec` for experts, and the `task2vec` copy in version-1
+    /// (inline) stores.
+    pub(crate) fn index_names(&self, kind: Kind) -> &'static [&'static str] {
+        match (kind, self.raw[kind as usize].is_some()) {
+            (Kind::Tasks, _) => &[TASK2VEC],
+            (Kind::Experts, true) => &[MODEL2VEC],
+            (Kind::Experts, false) => &[TASK2VEC, MODEL2VEC],
+        }
     }
 
     /// The collection holding the raw vectors of `kind`: its companion, or (inline) itself.

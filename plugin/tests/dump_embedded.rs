@@ -252,7 +252,7 @@ fn a_store_with_the_older_full_length_index_migrates_to_the_layered_sketch() {
         new.index_vector(&stored.embedding.hessian)
             .expect("index")
             .len(),
-        space().layout.len() + 4096
+        space().layout.len() + 8192
     );
 }
 

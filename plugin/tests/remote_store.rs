@@ -170,18 +170,15 @@ fn check_collection_settings(r: &RemoteStore) {
             panic!("{collection}: named vectors expected");
         };
         for name in index_vectors {
-            // The short index vector (98 modules + a 4,096-bucket sketch), f32 in RAM.
+            // The short index vector (98 modules + an 8,192-bucket sketch), f32 in RAM.
             let v = &map.map[*name];
-            assert_eq!((v.size, v.distance), (4194, Distance::Cosine as i32));
+            assert_eq!((v.size, v.distance), (8290, Distance::Cosine as i32));
             assert_eq!(v.on_disk, Some(false), "{collection}.{name}");
             assert!(v.quantization_config.is_none(), "{collection}.{name}");
         }
         if collection == "experts" {
-            // The `task2vec` copy of `model2vec`: never searched, on disk, no graph.
-            let v = &map.map["task2vec"];
-            assert_eq!((v.size, v.distance), (4194, Distance::Cosine as i32));
-            assert_eq!(v.on_disk, Some(true));
-            assert_eq!(v.hnsw_config.as_ref().and_then(|h| h.m), Some(0));
+            // Version 2: no `task2vec` copy of `model2vec`.
+            assert!(!map.map.contains_key("task2vec"), "{collection}");
         } else {
             assert!(!map.map.contains_key("model2vec"), "{collection}");
         }
