@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! cargo run --release -p task2vec-qdrant --example bench_select -- \
-//!     N [QUERIES] [PREFETCH[,PREFETCH...]] [DIR] [layered|full]
+//!     N [QUERIES] [PREFETCH[,PREFETCH...]] [DIR] [layered|full] [companion|inline]
 //! ```
 //!
 //! `layered` (the default) is the store's default index transform, the layered sketch;
@@ -27,7 +27,9 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use task2vec::distance::d_asym;
-use task2vec_qdrant::{Expert, FormulaOptions, IndexTransform, SelectOptions, Store, VectorSpace};
+use task2vec_qdrant::{
+    Expert, FormulaOptions, IndexTransform, Layout, RawVectors, SelectOptions, Store, VectorSpace,
+};
 
 /// Seed of stored expert `i`.
 fn expert_seed(i: usize) -> u64 {
@@ -65,6 +67,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some("full") => IndexTransform::CenteredLog { floor_rel: 1e-4 },
         Some(other) => return Err(format!("unknown transform `{other}`").into()),
     };
+    let raw_vectors = match args.get(5).map(String::as_str) {
+        None | Some("companion") => RawVectors::Companion,
+        Some("inline") => RawVectors::Inline,
+        Some(other) => return Err(format!("unknown raw-vector placement `{other}`").into()),
+    };
     let alpha = 0.15;
     let trivial = common::trivial_embedding();
     let space = VectorSpace::of(&common::fixture_embedding(0));
@@ -76,7 +83,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         dir.display()
     );
 
-    let store = Store::open_with(&dir, &space, transform)?;
+    let store = Store::open_with(
+        &dir,
+        &space,
+        Layout {
+            transform,
+            raw_vectors,
+        },
+    )?;
     store.set_trivial(&trivial)?;
     let t = Instant::now();
     let existing = store.count_experts()?;
