@@ -277,7 +277,8 @@ fn prewarm(dir: &std::path::Path) -> std::io::Result<u64> {
     Ok(total)
 }
 
-/// Bytes under `dir`.
+/// Bytes of disk allocated under `dir` (as `du`: the engine's files are sparse, their
+/// apparent length overstates the disk used).
 fn du(dir: &std::path::Path) -> u64 {
     walk(dir)
 }
@@ -291,6 +292,6 @@ fn walk(p: &std::path::Path) -> u64 {
             .map(|rd| rd.flatten().map(|e| walk(&e.path())).sum())
             .unwrap_or(0)
     } else {
-        meta.len()
+        std::os::unix::fs::MetadataExt::blocks(&meta) * 512
     }
 }
