@@ -31,7 +31,7 @@ use uuid::Uuid;
 
 use crate::backend::{Filter, Point, WithVectors};
 use crate::record::{ExpertPayload, TaskPayload};
-use crate::store::{now, Kind, Manifest, HESSIAN, MODEL2VEC, SCALE, TASK2VEC};
+use crate::store::{now, Kind, Manifest, HESSIAN, MODEL2VEC, RAW_NAMES, SCALE, TASK2VEC};
 use crate::{Error, Result, Store, StoreConfig};
 
 const DUMP_FORMAT: &str = "task2vec-qdrant-dump";
@@ -295,7 +295,7 @@ fn import_points(
                     format!("vector `{name}` is not base64 of f32 values"),
                 )
             })?;
-            if name != HESSIAN && name != SCALE {
+            if !RAW_NAMES.contains(&name.as_str()) {
                 // Derived data: recomputed below with this store's transform.
                 continue;
             }

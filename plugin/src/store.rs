@@ -73,7 +73,7 @@ pub const HESSIAN: &str = "hessian";
 /// Raw scale vector, present only when not all ones.
 pub const SCALE: &str = "scale";
 /// The raw vectors, which live in the companion collections.
-const RAW_NAMES: [&str; 2] = [HESSIAN, SCALE];
+pub(crate) const RAW_NAMES: [&str; 2] = [HESSIAN, SCALE];
 
 /// Payload indexes of the tasks collection.
 const TASK_INDEXES: &[IndexedField] = &[
@@ -851,9 +851,10 @@ impl Store {
     /// opened (finishing an interrupted `set_trivial`, or upgrading points written before
     /// these fields: one filtered count per collection when nothing is stale). Points are
     /// rewritten one batch at a time (index vectors and payload; raw vectors stay where they
-    /// are, except in an inline store, where the point is rewritten whole). A point that cannot be derived (no raw vector,
-    /// a vector of the wrong length) is left as it is and reported, not fatal: it says what is
-    /// wrong whenever it is read, and the rest of the store stays usable.
+    /// are, except in an inline store, where the point is rewritten whole). A point that
+    /// cannot be derived (no raw vector, a vector of the wrong length) is left as it is and
+    /// reported, not fatal: it says what is wrong whenever it is read, and the rest of the
+    /// store stays usable.
     ///
     /// Errors: [`Error::Engine`] (and the remote errors) when the engine fails; nothing is
     /// lost then, and the next call or open takes up where it stopped.

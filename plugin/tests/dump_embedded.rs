@@ -21,6 +21,15 @@ fn embedded(dir: &Path) -> StoreConfig {
     }
 }
 
+/// The selection the migration tests compare before and after.
+fn select_options() -> SelectOptions {
+    SelectOptions {
+        alpha: 0.15,
+        prefetch: 10,
+        limit: 4,
+    }
+}
+
 /// A store with tasks, experts and a trivial embedding.
 fn fill(store: &Store) {
     for k in 0..6 {
@@ -223,11 +232,7 @@ fn a_store_with_the_older_full_length_index_migrates_to_the_layered_sketch() {
     let full = task2vec_qdrant::IndexTransform::CenteredLog { floor_rel: 1e-4 };
     let old = Store::open_with(&root.path().join("old"), &space(), full).expect("old store");
     fill(&old);
-    let options = SelectOptions {
-        alpha: 0.15,
-        prefetch: 10,
-        limit: 4,
-    };
+    let options = select_options();
     let target = embedding("target", perturbed(2, 0.25, 99));
     let before = old.select_experts(&target, &options).expect("select");
     let dump = root.path().join("dump");
@@ -289,11 +294,7 @@ fn a_version_1_store_with_inline_raw_vectors_still_works_and_migrates_to_compani
     assert!(config.contains("\"hessian\""), "{config}");
 
     let old = Store::open_existing(&old_dir).expect("a version-1 store opens");
-    let options = SelectOptions {
-        alpha: 0.15,
-        prefetch: 10,
-        limit: 4,
-    };
+    let options = select_options();
     let target = embedding("target", perturbed(1, 0.25, 98));
     let before = old.select_experts(&target, &options).expect("select");
     assert_eq!(before.len(), 4);
