@@ -5,14 +5,21 @@
 //!
 //! ```text
 //! cargo run --release -p task2vec-qdrant --example bench_select -- \
-//!     N [QUERIES] [PREFETCH[,PREFETCH...]] [DIR] [layered|full] [companion|inline]
+//!     N [QUERIES] [PREFETCH[,PREFETCH...]] [DIR] [layered|full] [companion|inline] \
+//!     [RECALL_Q] [READERS]
 //! ```
 //!
 //! `layered` (the default) is the store's default index transform, the layered sketch;
 //! `full` is the older full-length centred log (int8 quantized in RAM), for a side-by-side
 //! run. Several prefetch sizes are measured on the same store. The store indexes itself every
 //! 5,000 upserts (`Store::set_auto_optimize`), so the upsert time includes that; a final
-//! `optimize()` indexes the rest and merges segments.
+//! `optimize()` indexes the rest and merges segments. On an existing DIR the experts already
+//! stored are kept (only the query phase runs when there are N); `RECALL_Q` (default 20) is
+//! how many queries the brute force checks, 0 for none; `READERS` the threads that read a
+//! shortlist's raw vectors (`Store::set_shortlist_readers`; default `SHORTLIST_READERS`, 0
+//! for the caller's pool). With `BENCH_COLD` set the store is not read once before the
+//! queries (after `echo 3 > /proc/sys/vm/drop_caches`: a freshly started process on a cold
+//! page cache), and the one warm-up query is skipped.
 //!
 //! Vectors are synthetic but realistic: log-space mixtures of the four real reference task
 //! embeddings plus per-coordinate log-normal noise (tests/common), each regenerated from its
@@ -72,12 +79,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some("inline") => RawVectors::Inline,
         Some(other) => return Err(format!("unknown raw-vector placement `{other}`").into()),
     };
+    // Queries checked against the brute force (0: none, for timing runs on a built store).
+    let recall_queries: usize = args.get(6).map(|s| s.parse()).transpose()?.unwrap_or(20);
+    let readers: usize = match args.get(7) {
+        Some(s) => s.parse()?,
+        None => task2vec_qdrant::SHORTLIST_READERS,
+    };
     let alpha = 0.15;
     let trivial = common::trivial_embedding();
     let space = VectorSpace::of(&common::fixture_embedding(0));
     println!(
         "bench_select: N={n} experts, dimension {}, {queries} queries, prefetch {prefetches:?}, \
-         alpha {alpha}, index {transform:?} ({} values), store {}",
+         alpha {alpha}, index {transform:?} ({} values), store {}, {readers} shortlist readers",
         space.dimension,
         transform.len(&space),
         dir.display()
@@ -92,6 +105,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         },
     )?;
     store.set_trivial(&trivial)?;
+    store.set_shortlist_readers(readers);
     let t = Instant::now();
     let existing = store.count_experts()?;
     for i in existing..n {
@@ -129,14 +143,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect();
     // Cold: the first queries after opening read their candidates' raw vectors from disk
     // unless the page cache still holds them (it does here, right after building, up to RAM).
-    let t = Instant::now();
-    let bytes = prewarm(&dir)?;
-    println!(
-        "page cache warmed: read the {} MiB of the store that queries read in {:.1} s (the \
-         figures below are warm)",
-        bytes >> 20,
-        t.elapsed().as_secs_f64()
-    );
+    if std::env::var_os("BENCH_COLD").is_some() {
+        println!("page cache not warmed (BENCH_COLD): the figures below read what is not cached");
+    } else {
+        let t = Instant::now();
+        let bytes = prewarm(&dir)?;
+        println!(
+            "page cache warmed: read the {} MiB of the store that queries read in {:.1} s (the \
+             figures below are warm)",
+            bytes >> 20,
+            t.elapsed().as_secs_f64()
+        );
+    }
     let mut results = Vec::new();
     for &prefetch in &prefetches {
         let options = SelectOptions {
@@ -145,7 +163,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             limit: 10,
         };
         // One warm-up query (page cache, lazy structures), not counted.
-        store.select_experts(&qs[0], &options)?;
+        if std::env::var_os("BENCH_COLD").is_none() {
+            store.select_experts(&qs[0], &options)?;
+        }
         let mut total = Vec::new();
         let mut formula = Vec::new();
         let mut ranked_all = Vec::new();
@@ -181,7 +201,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Brute force: exact d_asym of every stored expert for every query, in one pass over the
     // experts (each regenerated once from its seed).
     let t = Instant::now();
-    let brute_queries = queries.min(20);
+    let brute_queries = queries.min(recall_queries);
+    if brute_queries == 0 {
+        store.close();
+        return Ok(());
+    }
     let scores: Vec<Vec<f64>> = (0..n)
         .into_par_iter()
         .map(|i| {

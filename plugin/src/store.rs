@@ -187,6 +187,8 @@ pub(crate) enum Kind {
 pub const AUTO_OPTIMIZE_WRITES: usize = 5_000;
 /// Points re-read and rewritten at once when derived values are recomputed ([`Store::rederive`]).
 const RECOMPUTE_BATCH: usize = 64;
+/// Threads that read a shortlist's raw vectors by default ([`Store::set_shortlist_readers`]).
+pub const SHORTLIST_READERS: usize = 16;
 const MANIFEST_FORMAT: &str = "task2vec-qdrant-store";
 /// Version of the manifest and layout this library writes. It reads it and version 1 (raw
 /// vectors inline, no `raw_vectors` key), and refuses others.
@@ -304,6 +306,10 @@ pub struct Store {
     unindexed: [AtomicUsize; 2],
     /// Optimise a collection after this many written points (0: never by itself).
     auto_optimize: AtomicUsize,
+    /// Threads reading a shortlist's raw vectors ([`Store::set_shortlist_readers`]), and
+    /// their pool once started (`None` before the first shortlist, or with 0 threads).
+    shortlist_readers: AtomicUsize,
+    readers: RwLock<Option<Arc<rayon::ThreadPool>>>,
     // Dropped last (fields drop in order): the engine files are flushed and closed before the
     // folder's lock goes.
     location: Location,
@@ -480,6 +486,8 @@ impl Store {
             trivial: RwLock::new(trivial),
             unindexed: [AtomicUsize::new(0), AtomicUsize::new(0)],
             auto_optimize: AtomicUsize::new(AUTO_OPTIMIZE_WRITES),
+            shortlist_readers: AtomicUsize::new(SHORTLIST_READERS),
+            readers: RwLock::new(None),
             location,
         };
         // Finishes a `set_trivial` that was interrupted (one filtered count per collection
@@ -949,6 +957,39 @@ impl Store {
         self.auto_optimize.store(points, Ordering::Relaxed);
     }
 
+    /// Reads each shortlist's raw vectors (the exact re-rank of `select` and `similar`) on
+    /// `threads` threads of the store's own ([`SHORTLIST_READERS`] by default). More threads
+    /// than cores pay off when the raw vectors do not all fit the page cache (or are on a
+    /// server): a reader whose vector is on disk waits for it while the others go on, and the
+    /// disk serves several reads at once. `0` reads on the caller's rayon pool, one chunk per
+    /// core. Takes effect from the next query.
+    pub fn set_shortlist_readers(&self, threads: usize) {
+        self.shortlist_readers.store(threads, Ordering::Relaxed);
+        *self.readers.write().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
+    /// The pool that reads shortlists: `None` to use the caller's (0 threads asked, or the
+    /// threads could not be started, which only costs the overlap).
+    fn shortlist_pool(&self) -> Option<Arc<rayon::ThreadPool>> {
+        if let Some(pool) = &*self.readers.read().unwrap_or_else(PoisonError::into_inner) {
+            return Some(pool.clone());
+        }
+        let threads = self.shortlist_readers.load(Ordering::Relaxed);
+        if threads == 0 {
+            return None;
+        }
+        let mut slot = self.readers.write().unwrap_or_else(PoisonError::into_inner);
+        if slot.is_none() {
+            *slot = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .thread_name(|i| format!("t2v-shortlist-{i}"))
+                .build()
+                .ok()
+                .map(Arc::new);
+        }
+        slot.clone()
+    }
+
     /// Counts points written to a collection; every [`AUTO_OPTIMIZE_WRITES`] points, optimises it
     /// (blocking this write for the time it takes: seconds). Qdrant Edge leaves new points in
     /// one growing segment, searched without a graph, until someone optimises, and optimising
@@ -1187,8 +1228,9 @@ impl Store {
     /// The cosine shortlist of `query` in the collection of `kind`, each hit with its exact
     /// `d_sym` to `target` computed on the raw `hessian` vectors: the prefetch + exact re-rank
     /// that `select` and `similar` share. The search returns ids and scores; each hit's
-    /// payload and raw vector are then read, and compared, in one chunk per core, so reading
-    /// them (the engine copies 168 kB per point out of its storage) runs in parallel too. The
+    /// payload and raw vector are then read, and compared, in chunks on the store's shortlist
+    /// readers ([`Store::set_shortlist_readers`]), so reading them (the engine copies 168 kB
+    /// per point out of its storage, from disk when the page cache lacks it) overlaps. The
     /// hits come back with their payload (the raw vector dropped once used), in the search's
     /// order; a hit deleted between the search and the read is left out.
     pub(crate) fn shortlist_with_d_sym(
@@ -1204,24 +1246,33 @@ impl Store {
             .map(|(i, h)| (h.point.id, (i, h.score)))
             .collect();
         let ids: Vec<Uuid> = hits.iter().map(|h| h.point.id).collect();
-        let chunk = ids.len().div_ceil(rayon::current_num_threads()).max(1);
-        let mut found: Vec<(usize, Scored, f64)> = ids
-            .par_chunks(chunk)
-            .map(|ids| {
-                let mut out = Vec::with_capacity(ids.len());
-                for mut point in self.read_points(kind, ids, WithVectors::Only(&[HESSIAN]))? {
-                    let d = d_sym_fast(self.dense(kind, &point, HESSIAN)?, &target.hessian)?;
-                    point.vectors.clear();
-                    if let Some(&(i, score)) = rank.get(&point.id) {
-                        out.push((i, Scored { point, score }, d));
+        let pool = self.shortlist_pool();
+        let threads = pool
+            .as_ref()
+            .map_or_else(rayon::current_num_threads, |p| p.current_num_threads());
+        let chunk = ids.len().div_ceil(threads).max(1);
+        let read = || {
+            ids.par_chunks(chunk)
+                .map(|ids| {
+                    let mut out = Vec::with_capacity(ids.len());
+                    for mut point in self.read_points(kind, ids, WithVectors::Only(&[HESSIAN]))? {
+                        let d = d_sym_fast(self.dense(kind, &point, HESSIAN)?, &target.hessian)?;
+                        point.vectors.clear();
+                        if let Some(&(i, score)) = rank.get(&point.id) {
+                            out.push((i, Scored { point, score }, d));
+                        }
                     }
-                }
-                Ok(out)
-            })
-            .collect::<Result<Vec<_>>>()?
-            .into_iter()
-            .flatten()
-            .collect();
+                    Ok(out)
+                })
+                .collect::<Result<Vec<_>>>()
+        };
+        let mut found: Vec<(usize, Scored, f64)> = match pool {
+            Some(pool) => pool.install(read)?,
+            None => read()?,
+        }
+        .into_iter()
+        .flatten()
+        .collect();
         found.sort_by_key(|(i, _, _)| *i);
         Ok(found.into_iter().map(|(_, hit, d)| (hit, d)).collect())
     }

@@ -8,6 +8,7 @@ use common::{embedding, fixture_embedding, mixture, perturbed, trivial_embedding
 use task2vec::distance::d_sym;
 use task2vec_qdrant::{
     Error, Expert, FormulaOptions, SelectOptions, Store, VectorSpace, FORMULA_KAPPA,
+    SHORTLIST_READERS,
 };
 
 fn expert(key: &str) -> Expert {
@@ -230,13 +231,20 @@ fn select_matches_a_brute_force_d_asym_ranking_of_the_whole_zoo() {
             })
             .collect();
         expected.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-        let ranked = store.select_experts(&target, &options).expect("select");
-        assert_eq!(
-            ranked.iter().map(|r| r.id).collect::<Vec<_>>(),
-            expected.iter().map(|(_, id)| *id).collect::<Vec<_>>()
-        );
-        for (r, (d, _)) in ranked.iter().zip(&expected) {
-            assert!((r.d_asym - d).abs() < 1e-12);
+        // Whoever reads the shortlist (the caller's pool, one reader, readers that split the
+        // 20 hits unevenly, the default): the same ranking and distances, in the same order.
+        let mut ranked = Vec::new();
+        for readers in [0, 1, 3, SHORTLIST_READERS] {
+            store.set_shortlist_readers(readers);
+            ranked = store.select_experts(&target, &options).expect("select");
+            assert_eq!(
+                ranked.iter().map(|r| r.id).collect::<Vec<_>>(),
+                expected.iter().map(|(_, id)| *id).collect::<Vec<_>>(),
+                "{readers} shortlist readers"
+            );
+            for (r, (d, _)) in ranked.iter().zip(&expected) {
+                assert!((r.d_asym - d).abs() < 1e-12, "{readers} shortlist readers");
+            }
         }
         // The same target stored as a task and selected by its id: the same answer.
         let task = store
