@@ -143,7 +143,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect();
     // Cold: the first queries after opening read their candidates' raw vectors from disk
     // unless the page cache still holds them (it does here, right after building, up to RAM).
-    if std::env::var_os("BENCH_COLD").is_some() {
+    let cold = std::env::var_os("BENCH_COLD").is_some();
+    if cold {
         println!("page cache not warmed (BENCH_COLD): the figures below read what is not cached");
     } else {
         let t = Instant::now();
@@ -163,7 +164,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             limit: 10,
         };
         // One warm-up query (page cache, lazy structures), not counted.
-        if std::env::var_os("BENCH_COLD").is_none() {
+        if !cold {
             store.select_experts(&qs[0], &options)?;
         }
         let mut total = Vec::new();

@@ -306,10 +306,9 @@ pub struct Store {
     unindexed: [AtomicUsize; 2],
     /// Optimise a collection after this many written points (0: never by itself).
     auto_optimize: AtomicUsize,
-    /// Threads reading a shortlist's raw vectors ([`Store::set_shortlist_readers`]), and
-    /// their pool once started (`None` before the first shortlist, or with 0 threads).
-    shortlist_readers: AtomicUsize,
-    readers: RwLock<Option<Arc<rayon::ThreadPool>>>,
+    /// Threads reading a shortlist's raw vectors ([`Store::set_shortlist_readers`]; 0: the
+    /// caller's pool), and their pool once started by the first shortlist.
+    readers: RwLock<(usize, Option<Arc<rayon::ThreadPool>>)>,
     // Dropped last (fields drop in order): the engine files are flushed and closed before the
     // folder's lock goes.
     location: Location,
@@ -486,8 +485,7 @@ impl Store {
             trivial: RwLock::new(trivial),
             unindexed: [AtomicUsize::new(0), AtomicUsize::new(0)],
             auto_optimize: AtomicUsize::new(AUTO_OPTIMIZE_WRITES),
-            shortlist_readers: AtomicUsize::new(SHORTLIST_READERS),
-            readers: RwLock::new(None),
+            readers: RwLock::new((SHORTLIST_READERS, None)),
             location,
         };
         // Finishes a `set_trivial` that was interrupted (one filtered count per collection
@@ -964,30 +962,29 @@ impl Store {
     /// disk serves several reads at once. `0` reads on the caller's rayon pool, one chunk per
     /// core. Takes effect from the next query.
     pub fn set_shortlist_readers(&self, threads: usize) {
-        self.shortlist_readers.store(threads, Ordering::Relaxed);
-        *self.readers.write().unwrap_or_else(PoisonError::into_inner) = None;
+        *self.readers.write().unwrap_or_else(PoisonError::into_inner) = (threads, None);
     }
 
     /// The pool that reads shortlists: `None` to use the caller's (0 threads asked, or the
-    /// threads could not be started, which only costs the overlap).
+    /// threads could not be started, which only costs the overlap and is not tried again).
     fn shortlist_pool(&self) -> Option<Arc<rayon::ThreadPool>> {
-        if let Some(pool) = &*self.readers.read().unwrap_or_else(PoisonError::into_inner) {
-            return Some(pool.clone());
+        match &*self.readers.read().unwrap_or_else(PoisonError::into_inner) {
+            (_, Some(pool)) => return Some(pool.clone()),
+            (0, None) => return None,
+            _ => {}
         }
-        let threads = self.shortlist_readers.load(Ordering::Relaxed);
-        if threads == 0 {
-            return None;
-        }
-        let mut slot = self.readers.write().unwrap_or_else(PoisonError::into_inner);
-        if slot.is_none() {
-            *slot = rayon::ThreadPoolBuilder::new()
+        let mut readers = self.readers.write().unwrap_or_else(PoisonError::into_inner);
+        if let (threads @ 1.., None) = *readers {
+            match rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
                 .thread_name(|i| format!("t2v-shortlist-{i}"))
                 .build()
-                .ok()
-                .map(Arc::new);
+            {
+                Ok(pool) => readers.1 = Some(Arc::new(pool)),
+                Err(_) => readers.0 = 0,
+            }
         }
-        slot.clone()
+        readers.1.clone()
     }
 
     /// Counts points written to a collection; every [`AUTO_OPTIMIZE_WRITES`] points, optimises it
@@ -1246,13 +1243,9 @@ impl Store {
             .map(|(i, h)| (h.point.id, (i, h.score)))
             .collect();
         let ids: Vec<Uuid> = hits.iter().map(|h| h.point.id).collect();
-        let pool = self.shortlist_pool();
-        let threads = pool
-            .as_ref()
-            .map_or_else(rayon::current_num_threads, |p| p.current_num_threads());
-        let chunk = ids.len().div_ceil(threads).max(1);
+        // One chunk per thread of the pool it runs on.
         let read = || {
-            ids.par_chunks(chunk)
+            ids.par_chunks(ids.len().div_ceil(rayon::current_num_threads()).max(1))
                 .map(|ids| {
                     let mut out = Vec::with_capacity(ids.len());
                     for mut point in self.read_points(kind, ids, WithVectors::Only(&[HESSIAN]))? {
@@ -1266,7 +1259,7 @@ impl Store {
                 })
                 .collect::<Result<Vec<_>>>()
         };
-        let mut found: Vec<(usize, Scored, f64)> = match pool {
+        let mut found: Vec<(usize, Scored, f64)> = match self.shortlist_pool() {
             Some(pool) => pool.install(read)?,
             None => read()?,
         }
