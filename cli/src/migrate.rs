@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
+use task2vec_qdrant::IndexPrecision;
 
 use crate::store_args::{self, StoreArgs};
 
@@ -65,6 +66,15 @@ pub fn run(args: StoreCmdArgs) -> Result<()> {
                 space.bn,
                 space.skip_stages,
                 space.dimension
+            );
+            println!(
+                "index      {:?}, {} values, {}",
+                store.transform(),
+                store.transform().len(space),
+                match store.index_precision() {
+                    IndexPrecision::Int8 => "int8 in RAM (f32 originals on disk)",
+                    IndexPrecision::F32 => "f32 in RAM",
+                }
             );
             println!("tasks      {}", store.count_tasks()?);
             println!("experts    {}", store.count_experts()?);

@@ -295,6 +295,10 @@ fn a_new_digit_task_selects_the_digit_expert_and_finds_the_digit_task() {
     let info = env.ok(&["store", "info", "--store", &other]);
     assert!(info.contains("tasks      2"), "{info}");
     assert!(info.contains("experts    2"), "{info}");
+    assert!(
+        info.contains("LayeredSketch") && info.contains("int8 in RAM (f32 originals on disk)"),
+        "{info}"
+    );
     let again = env.json(&["select", &file("digits59"), "--store", &other, "--json"]);
     assert_eq!(again["experts"][0]["key"], "digits", "{again}");
 }

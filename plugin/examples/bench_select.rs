@@ -6,7 +6,7 @@
 //! ```text
 //! cargo run --release -p task2vec-qdrant --example bench_select -- \
 //!     N [QUERIES] [PREFETCH[,PREFETCH...]] [DIR] [layered|full] [companion|inline] \
-//!     [RECALL_Q] [READERS]
+//!     [RECALL_Q] [READERS] [int8|f32]
 //! ```
 //!
 //! `layered` (the default) is the store's default index transform, the layered sketch;
@@ -17,7 +17,8 @@
 //! stored are kept (only the query phase runs when there are N); `RECALL_Q` (default 20) is
 //! how many queries the brute force checks, 0 for none; `READERS` the threads that read a
 //! shortlist's raw vectors (`Store::set_shortlist_readers`; default `SHORTLIST_READERS`, 0
-//! for the caller's pool). With `BENCH_COLD` set the store is not read once before the
+//! for the caller's pool); `int8` (the default) or `f32` how a new store keeps its index
+//! vectors in RAM ([`IndexPrecision`]; an existing store keeps its own). With `BENCH_COLD` set the store is not read once before the
 //! queries (after `echo 3 > /proc/sys/vm/drop_caches`: a freshly started process on a cold
 //! page cache), and the one warm-up query is skipped.
 //!
@@ -35,7 +36,8 @@ use rayon::prelude::*;
 
 use task2vec::distance::d_asym;
 use task2vec_qdrant::{
-    Expert, FormulaOptions, IndexTransform, Layout, RawVectors, SelectOptions, Store, VectorSpace,
+    Expert, FormulaOptions, IndexPrecision, IndexTransform, Layout, RawVectors, SelectOptions,
+    Store, VectorSpace,
 };
 
 /// Seed of stored expert `i`.
@@ -85,6 +87,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(s) => s.parse()?,
         None => task2vec_qdrant::SHORTLIST_READERS,
     };
+    let index_precision = match args.get(8).map(String::as_str) {
+        None | Some("int8") => IndexPrecision::Int8,
+        Some("f32") => IndexPrecision::F32,
+        Some(other) => return Err(format!("unknown index precision `{other}`").into()),
+    };
     let alpha = 0.15;
     let trivial = common::trivial_embedding();
     let space = VectorSpace::of(&common::fixture_embedding(0));
@@ -102,9 +109,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Layout {
             transform,
             raw_vectors,
+            index_precision,
         },
     )?;
     store.set_trivial(&trivial)?;
+    println!("index vectors kept as {:?}", store.index_precision());
     store.set_shortlist_readers(readers);
     let t = Instant::now();
     let existing = store.count_experts()?;

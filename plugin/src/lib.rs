@@ -43,4 +43,4 @@ pub use query::{FormulaOptions, Hit, RankedExpert, SelectOptions, FORMULA_KAPPA}
 pub use record::{Expert, StoredExpert, StoredTask, Tags, TaskSummary};
 pub use similar::{SimilarOptions, SimilarTask, TaskFilter};
 pub use space::VectorSpace;
-pub use store::{Layout, RawVectors, Rederived, Store, SHORTLIST_READERS};
+pub use store::{IndexPrecision, Layout, RawVectors, Rederived, Store, SHORTLIST_READERS};

@@ -214,6 +214,31 @@ impl RawVectors {
     }
 }
 
+/// How the engine keeps the searched index vectors (`task2vec` of tasks, `model2vec` of
+/// experts) for its cosine search.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IndexPrecision {
+    /// The f32 vectors, in RAM: what layered-sketch stores made before int8 became the
+    /// default keep.
+    F32,
+    /// An int8 scalar-quantized copy in RAM (a quarter of the f32 size), the f32 originals on
+    /// disk, read to re-score the search's candidates. The default for new stores, and what
+    /// every store with a full-length index transform has always kept.
+    Int8,
+}
+
+impl IndexPrecision {
+    /// What a manifest without the key (stores made before the key existed) means.
+    fn before_the_key(transform: &IndexTransform) -> IndexPrecision {
+        if transform.is_full_length() {
+            IndexPrecision::Int8
+        } else {
+            IndexPrecision::F32
+        }
+    }
+}
+
 /// How a new store is laid out (an existing store keeps its own, from its manifest).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Layout {
@@ -221,6 +246,8 @@ pub struct Layout {
     pub transform: IndexTransform,
     /// Where the raw vectors go.
     pub raw_vectors: RawVectors,
+    /// How the searched index vectors are kept.
+    pub index_precision: IndexPrecision,
 }
 
 impl Default for Layout {
@@ -228,6 +255,7 @@ impl Default for Layout {
         Layout {
             transform: IndexTransform::default(),
             raw_vectors: RawVectors::Companion,
+            index_precision: IndexPrecision::Int8,
         }
     }
 }
@@ -250,6 +278,9 @@ pub(crate) struct Manifest {
     pub transform: IndexTransform,
     #[serde(default = "RawVectors::version_1")]
     pub raw_vectors: RawVectors,
+    /// `None` in manifests written before the key existed: see [`Manifest::index_precision`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index_precision: Option<IndexPrecision>,
     pub created: String,
 }
 
@@ -261,8 +292,15 @@ impl Manifest {
             space: space.clone(),
             transform: layout.transform,
             raw_vectors: layout.raw_vectors,
+            index_precision: Some(layout.index_precision),
             created: now(),
         }
+    }
+
+    /// How the store keeps its searched index vectors.
+    pub fn index_precision(&self) -> IndexPrecision {
+        self.index_precision
+            .unwrap_or_else(|| IndexPrecision::before_the_key(&self.transform))
     }
 }
 
@@ -433,10 +471,9 @@ impl Store {
         let index = |name| VectorSpec {
             name,
             size: manifest.transform.len(&manifest.space),
-            kind: if manifest.transform.is_full_length() {
-                VectorKind::QuantizedIndex
-            } else {
-                VectorKind::Index
+            kind: match manifest.index_precision() {
+                IndexPrecision::Int8 => VectorKind::QuantizedIndex,
+                IndexPrecision::F32 => VectorKind::Index,
             },
         };
         // Qdrant allocates every named vector for every point of a segment, so `scale` exists
@@ -507,6 +544,11 @@ impl Store {
     /// The transform from a Fisher vector to the index vector.
     pub fn transform(&self) -> IndexTransform {
         self.manifest.transform
+    }
+
+    /// How the engine keeps the searched index vectors.
+    pub fn index_precision(&self) -> IndexPrecision {
+        self.manifest.index_precision()
     }
 
     /// The index vector of a Fisher vector of this store's space (relative to the trivial

@@ -269,8 +269,11 @@ fn make_version_1(dir: &Path) {
     let mut m: serde_json::Value = serde_json::from_str(&text).expect("manifest JSON");
     assert_eq!(m["version"], 2);
     assert_eq!(m["raw_vectors"], "inline");
+    assert_eq!(m["index_precision"], "f32");
     m["version"] = 1.into();
-    m.as_object_mut().expect("object").remove("raw_vectors");
+    let m_ = m.as_object_mut().expect("object");
+    m_.remove("raw_vectors");
+    m_.remove("index_precision");
     std::fs::write(&path, m.to_string()).expect("write manifest");
 }
 
@@ -278,8 +281,10 @@ fn make_version_1(dir: &Path) {
 fn a_version_1_store_with_inline_raw_vectors_still_works_and_migrates_to_companion_collections() {
     let root = tempfile::tempdir().expect("temp dir");
     let old_dir = root.path().join("old");
+    // Version 1 kept the layered sketch's index vectors as f32 in RAM.
     let inline = task2vec_qdrant::Layout {
         raw_vectors: task2vec_qdrant::RawVectors::Inline,
+        index_precision: task2vec_qdrant::IndexPrecision::F32,
         ..Default::default()
     };
     let old = Store::open_with(&old_dir, &space(), inline).expect("old store");
@@ -292,8 +297,10 @@ fn a_version_1_store_with_inline_raw_vectors_still_works_and_migrates_to_compani
     let config = std::fs::read_to_string(old_dir.join("tasks").join("edge_config.json"))
         .expect("edge config");
     assert!(config.contains("\"hessian\""), "{config}");
+    assert!(!config.contains("quantization_config"), "{config}");
 
     let old = Store::open_existing(&old_dir).expect("a version-1 store opens");
+    assert_eq!(old.index_precision(), task2vec_qdrant::IndexPrecision::F32);
     let options = select_options();
     let target = embedding("target", perturbed(1, 0.25, 98));
     let before = old.select_experts(&target, &options).expect("select");
@@ -327,6 +334,9 @@ fn a_version_1_store_with_inline_raw_vectors_still_works_and_migrates_to_compani
     let config = std::fs::read_to_string(new_dir.join("tasks").join("edge_config.json"))
         .expect("edge config");
     assert!(!config.contains("\"hessian\""), "{config}");
+    // The import also moves the index vectors to the current default, int8 in RAM.
+    assert_eq!(manifest["index_precision"], "int8");
+    assert!(config.contains("\"int8\""), "{config}");
     assert!(new_dir.join("tasks_raw").is_dir() && new_dir.join("experts_raw").is_dir());
 
     let new = Store::open_existing(&new_dir).expect("open");

@@ -10,7 +10,8 @@ use std::collections::BTreeMap;
 use common::{embedding, fixture_embedding, perturbed};
 use task2vec::fisher::Estimator;
 use task2vec_qdrant::{
-    expert_point_id, task_point_id, Error, Expert, IndexTransform, Store, Tags, VectorSpace,
+    expert_point_id, task_point_id, Error, Expert, IndexPrecision, IndexTransform, Layout,
+    SimilarOptions, Store, Tags, VectorSpace,
 };
 
 fn space() -> VectorSpace {
@@ -105,10 +106,18 @@ fn assert_raw_vectors_on_disk(vectors: &serde_json::Value, collection: &str) {
     );
 }
 
+fn assert_int8_in_ram(at: &str, v: &serde_json::Value) {
+    assert_eq!(v["on_disk"], true, "{at}: the f32 originals");
+    let q = &v["quantization_config"]["scalar"];
+    assert_eq!(q["type"], "int8", "{at}: {v}");
+    assert_eq!(q["always_ram"], true, "{at}: {v}");
+}
+
 #[test]
-fn short_index_vectors_stay_in_ram_and_raw_vectors_on_disk() {
+fn new_stores_keep_short_index_vectors_int8_in_ram_and_raw_vectors_on_disk() {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = Store::open(dir.path(), &space()).expect("create store");
+    assert_eq!(store.index_precision(), IndexPrecision::Int8);
     let len = store.transform().len(&space());
     // One coordinate per layout module plus the sketch.
     assert_eq!(len, space().layout.len() + 8192);
@@ -118,6 +127,55 @@ fn short_index_vectors_stay_in_ram_and_raw_vectors_on_disk() {
     for_each_index_vector(dir.path(), |at, v| {
         assert_eq!(v["size"], len, "{at}");
         assert_eq!(v["distance"], "Cosine", "{at}");
+        assert_int8_in_ram(at, v);
+    });
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("store.json")).expect("manifest"),
+    )
+    .expect("manifest JSON");
+    assert_eq!(manifest["index_precision"], "int8");
+}
+
+#[test]
+fn stores_made_with_f32_index_vectors_keep_them_in_ram_and_still_work() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let f32_layout = Layout {
+        index_precision: IndexPrecision::F32,
+        ..Layout::default()
+    };
+    let store = Store::open_with(dir.path(), &space(), f32_layout).expect("create store");
+    let first = fixture_embedding(0);
+    let first_id = store.upsert_task(&first, &Tags::new()).expect("upsert");
+    store.close();
+    // As a store written before the manifest had the key: a layered sketch meant f32.
+    let path = dir.path().join("store.json");
+    let mut m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("manifest")).expect("JSON");
+    assert_eq!(m["index_precision"], "f32");
+    m.as_object_mut().expect("object").remove("index_precision");
+    std::fs::write(&path, m.to_string()).expect("write manifest");
+
+    let store = Store::open_existing(dir.path()).expect("reopen");
+    assert_eq!(store.index_precision(), IndexPrecision::F32);
+    let second = fixture_embedding(1);
+    let second_id = store.upsert_task(&second, &Tags::new()).expect("upsert");
+    let target = fixture_embedding(2);
+    let hits = store
+        .similar_tasks(&target, &SimilarOptions::default())
+        .expect("similar");
+    let mut expected = [(first_id, &first), (second_id, &second)].map(|(id, e)| {
+        let d = task2vec::distance::d_sym(&e.hessian, &target.hessian).expect("d_sym");
+        (id, d)
+    });
+    expected.sort_by(|a, b| a.1.total_cmp(&b.1));
+    let got: Vec<_> = hits.iter().map(|h| (h.id, h.d_sym)).collect();
+    assert_eq!(got.len(), 2, "{got:?}");
+    for ((id, d), (want_id, want_d)) in got.iter().zip(expected) {
+        assert_eq!(*id, want_id, "{got:?}");
+        assert!((d - want_d).abs() <= 1e-12 * want_d, "{d} vs {want_d}");
+    }
+    store.close();
+    for_each_index_vector(dir.path(), |at, v| {
         assert_eq!(v["on_disk"], false, "{at}");
         assert!(v.get("quantization_config").is_none(), "{at}: {v}");
     });
@@ -135,10 +193,7 @@ fn full_length_index_vectors_of_older_stores_stay_quantized() {
     store.close();
     for_each_index_vector(dir.path(), |at, v| {
         assert_eq!(v["size"], 42016, "{at}");
-        assert_eq!(v["on_disk"], true, "{at}");
-        let q = &v["quantization_config"]["scalar"];
-        assert_eq!(q["type"], "int8", "{at}: {v}");
-        assert_eq!(q["always_ram"], true, "{at}: {v}");
+        assert_int8_in_ram(at, v);
     });
 }
 

@@ -71,11 +71,12 @@ pub(crate) struct VectorSpec {
 /// The roles of a named vector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum VectorKind {
-    /// A short index vector (the layered sketch), searched by cosine: HNSW graph, the f32
-    /// vectors in RAM.
+    /// An index vector searched by cosine ([`IndexPrecision::F32`](crate::IndexPrecision)):
+    /// HNSW graph, the f32 vectors in RAM.
     Index,
-    /// A full-length index vector (older transforms), searched by cosine: HNSW graph, an int8
-    /// scalar quantized copy in RAM, the f32 originals on disk for rescoring.
+    /// An index vector searched by cosine ([`IndexPrecision::Int8`](crate::IndexPrecision)):
+    /// HNSW graph, an int8 scalar quantized copy in RAM, the f32 originals on disk for
+    /// rescoring.
     QuantizedIndex,
     /// An index vector kept for readers but never searched by the store (the experts'
     /// `task2vec`, equal to their `model2vec`): cosine, on disk, no graph, so it costs neither
