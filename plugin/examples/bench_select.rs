@@ -18,8 +18,8 @@
 //! how many queries the brute force checks, 0 for none; `READERS` the threads that read a
 //! shortlist's raw vectors (`Store::set_shortlist_readers`; default `SHORTLIST_READERS`, 0
 //! for the caller's pool); `int8` (the default) or `f32` how a new store keeps its index
-//! vectors in RAM ([`IndexPrecision`]; an existing store keeps its own). With `BENCH_COLD` set the store is not read once before the
-//! queries (after `echo 3 > /proc/sys/vm/drop_caches`: a freshly started process on a cold
+//! vectors in RAM ([`IndexPrecision`]; an existing store keeps its own). With `BENCH_COLD`
+//! set the store is not read once before the queries (after `echo 3 > /proc/sys/vm/drop_caches`: a freshly started process on a cold
 //! page cache), and the one warm-up query is skipped.
 //!
 //! Vectors are synthetic but realistic: log-space mixtures of the four real reference task

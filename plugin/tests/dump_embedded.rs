@@ -271,9 +271,9 @@ fn make_version_1(dir: &Path) {
     assert_eq!(m["raw_vectors"], "inline");
     assert_eq!(m["index_precision"], "f32");
     m["version"] = 1.into();
-    let m_ = m.as_object_mut().expect("object");
-    m_.remove("raw_vectors");
-    m_.remove("index_precision");
+    let keys = m.as_object_mut().expect("object");
+    keys.remove("raw_vectors");
+    keys.remove("index_precision");
     std::fs::write(&path, m.to_string()).expect("write manifest");
 }
 

@@ -106,6 +106,17 @@ fn assert_raw_vectors_on_disk(vectors: &serde_json::Value, collection: &str) {
     );
 }
 
+/// Removes `index_precision` from the store's manifest, as in stores written before the key
+/// existed, and returns what it said.
+fn remove_index_precision(dir: &std::path::Path) -> serde_json::Value {
+    let path = dir.join("store.json");
+    let mut m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("manifest")).expect("JSON");
+    let was = m.as_object_mut().expect("object").remove("index_precision");
+    std::fs::write(&path, m.to_string()).expect("write manifest");
+    was.expect("the manifest has `index_precision`")
+}
+
 fn assert_int8_in_ram(at: &str, v: &serde_json::Value) {
     assert_eq!(v["on_disk"], true, "{at}: the f32 originals");
     let q = &v["quantization_config"]["scalar"];
@@ -148,12 +159,7 @@ fn stores_made_with_f32_index_vectors_keep_them_in_ram_and_still_work() {
     let first_id = store.upsert_task(&first, &Tags::new()).expect("upsert");
     store.close();
     // As a store written before the manifest had the key: a layered sketch meant f32.
-    let path = dir.path().join("store.json");
-    let mut m: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).expect("manifest")).expect("JSON");
-    assert_eq!(m["index_precision"], "f32");
-    m.as_object_mut().expect("object").remove("index_precision");
-    std::fs::write(&path, m.to_string()).expect("write manifest");
+    assert_eq!(remove_index_precision(dir.path()), "f32");
 
     let store = Store::open_existing(dir.path()).expect("reopen");
     assert_eq!(store.index_precision(), IndexPrecision::F32);
@@ -188,8 +194,11 @@ fn full_length_index_vectors_of_older_stores_stay_quantized() {
     Store::open_with(dir.path(), &space(), full)
         .expect("create store")
         .close();
+    // As a store written before the manifest had `index_precision`: full length meant int8.
+    assert_eq!(remove_index_precision(dir.path()), "int8");
     let store = Store::open_existing(dir.path()).expect("reopen");
     assert_eq!(store.transform(), full, "the manifest keeps the transform");
+    assert_eq!(store.index_precision(), IndexPrecision::Int8);
     store.close();
     for_each_index_vector(dir.path(), |at, v| {
         assert_eq!(v["size"], 42016, "{at}");
