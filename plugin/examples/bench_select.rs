@@ -1,10 +1,11 @@
 //! Latency of `select` on stored vectors only (no embedding), on the embedded engine: N experts
 //! with the default probe's dimension (EfficientNet-Lite0, 42016), cosine prefetch of P, exact
-//! d_asym re-rank; p50/p99 over Q queries, the share of the exact re-rank, recall@10 against a
-//! brute-force exact d_asym over all N, build time, memory and disk.
+//! d_asym re-rank; p50/p99 over Q queries (and where the time goes, with the feature
+//! `phase-timings`), recall@10 against a brute-force exact d_asym over all N, build time, memory
+//! and disk.
 //!
 //! ```text
-//! cargo run --release -p task2vec-qdrant --example bench_select -- \
+//! cargo run --release -p task2vec-qdrant --features phase-timings --example bench_select -- \
 //!     N [QUERIES] [PREFETCH[,PREFETCH...]] [DIR] [layered|full] [companion|inline] \
 //!     [RECALL_Q] [READERS] [int8|f32]
 //! ```
@@ -36,8 +37,8 @@ use rayon::prelude::*;
 
 use task2vec::distance::d_asym;
 use task2vec_qdrant::{
-    Expert, FormulaOptions, IndexPrecision, IndexTransform, Layout, RawVectors, SelectOptions,
-    Store, VectorSpace,
+    phase_timings, Expert, FormulaOptions, IndexPrecision, IndexTransform, Layout, RawVectors,
+    SelectOptions, Store, VectorSpace,
 };
 
 /// Seed of stored expert `i`.
@@ -179,10 +180,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut total = Vec::new();
         let mut formula = Vec::new();
         let mut ranked_all = Vec::new();
+        let mut phases = Vec::new();
         for q in &qs {
+            // The index vector alone (select computes it again), to tell it apart.
+            let t = Instant::now();
+            store.index_vector(&q.hessian)?;
+            let index_ms = t.elapsed().as_secs_f64() * 1e3;
+            phase_timings::take();
             let t = Instant::now();
             let ranked = store.select_experts(q, &options)?;
-            total.push(t.elapsed().as_secs_f64() * 1e3);
+            let select_ms = t.elapsed().as_secs_f64() * 1e3;
+            total.push(select_ms);
+            if let Some(p) = phase_timings::take().first() {
+                phases.push([
+                    select_ms,
+                    index_ms,
+                    p.search_ms,
+                    p.shortlist_ms,
+                    p.read_ms,
+                    p.d_sym_ms,
+                    select_ms - index_ms - p.search_ms - p.shortlist_ms,
+                ]);
+            }
             let t = Instant::now();
             store.rank_experts_by_formula(
                 q,
@@ -201,10 +220,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!(
             "prefetch {prefetch}: select (prefetch + exact re-rank) p50 {p50:.2} ms, p99 \
              {p99:.2} ms, mean {:.2} ms; Qdrant-only (prefetch + formula) p50 {f50:.2} ms, p99 \
-             {f99:.2} ms; exact re-rank share ≈ {:.0}% (1 − formula/select at the median)",
+             {f99:.2} ms",
             mean(&total),
-            100.0 * (1.0 - f50 / p50).max(0.0)
         );
+        print_phases(&mut phases);
         results.push((prefetch, ranked_all));
     }
 
@@ -263,6 +282,39 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     store.close();
     Ok(())
+}
+
+/// The phases of each `select` (rows of `select, index vector, search, shortlist wall,
+/// reading summed over threads, d_sym summed over threads, the rest`), when recorded.
+fn print_phases(rows: &mut [[f64; 7]]) {
+    if rows.is_empty() {
+        println!("  (phases: build with `--features phase-timings` for the breakdown)");
+        return;
+    }
+    let names = [
+        "select",
+        "index vector",
+        "search",
+        "shortlist (wall)",
+        "reading (Σ threads)",
+        "d_sym (Σ threads)",
+        "the rest",
+    ];
+    for (k, name) in names.iter().enumerate() {
+        let col: Vec<f64> = rows.iter().map(|r| r[k]).collect();
+        println!(
+            "  phase {name:>20}: p50 {:.2} p90 {:.2} p99 {:.2} mean {:.2} ms",
+            percentile(&col, 0.5),
+            percentile(&col, 0.9),
+            percentile(&col, 0.99),
+            mean(&col)
+        );
+    }
+    rows.sort_by(|a, b| b[0].total_cmp(&a[0]));
+    for r in rows.iter().take(3) {
+        let ms: Vec<String> = r.iter().map(|x| format!("{x:.1}")).collect();
+        println!("  slowest: {} ms", ms.join(" / "));
+    }
 }
 
 fn percentile(v: &[f64], p: f64) -> f64 {

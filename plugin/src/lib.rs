@@ -20,13 +20,15 @@
 //! - [`query`]: expert selection (cosine prefetch + exact `d_asym` re-rank) and its
 //!   Qdrant-only approximation by a formula query;
 //! - [`similar`]: nearest stored tasks by exact `d_sym`, with payload filters;
-//! - [`dump`]: export and import, for migrating between backends.
+//! - [`dump`]: export and import, for migrating between backends;
+//! - [`phase_timings`]: where a shortlist query's time goes (feature `phase-timings`).
 
 mod backend;
 pub mod config;
 pub mod dump;
 pub mod error;
 pub mod index_vector;
+pub mod phase_timings;
 pub mod point_id;
 pub mod query;
 pub mod record;

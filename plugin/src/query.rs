@@ -28,7 +28,7 @@ use task2vec::embedding::Embedding;
 use uuid::Uuid;
 
 use crate::backend::{Filter, FormulaQuery, Nearest};
-use crate::record::ExpertPayload;
+use crate::record::ExpertRankFields;
 use crate::store::{Kind, MODEL2VEC};
 use crate::{Error, Result, Store};
 
@@ -148,7 +148,7 @@ impl Store {
         )?;
         let mut ranked = Vec::with_capacity(hits.len());
         for (hit, d) in hits {
-            let payload: ExpertPayload = self.payload(c, &hit.point)?;
+            let payload: ExpertRankFields = self.payload(c, &hit.point)?;
             let complexity = match (payload.complexity, options.alpha == 0.0) {
                 (Some(x), _) => x,
                 (None, true) => 0.0,

@@ -139,6 +139,27 @@ pub(crate) struct ExpertPayload {
     pub meta: EmbeddingMeta,
 }
 
+/// The fields of an expert's payload that a ranking shows, read without parsing the rest
+/// (`meta` above all, JSON text of about 1.5 kB): `select` reads one per shortlisted expert.
+#[derive(Debug, Deserialize)]
+pub(crate) struct ExpertRankFields {
+    pub key: String,
+    pub name: String,
+    pub complexity: Option<f64>,
+}
+
+/// The fields of a task's payload that [`crate::SimilarTask`] shows, read without parsing the
+/// rest.
+#[derive(Debug, Deserialize)]
+pub(crate) struct TaskHitFields {
+    pub dataset_uri: String,
+    pub fingerprint: String,
+    pub n_classes: usize,
+    pub samples: usize,
+    pub stored_at: String,
+    pub tags: Tags,
+}
+
 /// A stored task, read back whole.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredTask {

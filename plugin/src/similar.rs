@@ -8,7 +8,7 @@ use task2vec::embedding::Embedding;
 use uuid::Uuid;
 
 use crate::backend::{Condition, Filter, Nearest, WithVectors};
-use crate::record::{tag_pair, Tags, TaskPayload, TaskSummary};
+use crate::record::{tag_pair, Tags, TaskHitFields, TaskPayload, TaskSummary};
 use crate::store::{Kind, TASK2VEC};
 use crate::{task_point_id, Error, Result, Store};
 
@@ -146,7 +146,7 @@ impl Store {
         )?;
         let mut out = Vec::with_capacity(hits.len());
         for (hit, d) in hits {
-            let p: TaskPayload = self.payload(c, &hit.point)?;
+            let p: TaskHitFields = self.payload(c, &hit.point)?;
             out.push(SimilarTask {
                 id: hit.point.id,
                 dataset_uri: p.dataset_uri,

@@ -46,6 +46,7 @@ use crate::backend::{
     scroll_all, Collection, Condition, FieldKind, Filter, IndexedField, Location, Nearest, Payload,
     Point, Scored, VectorKind, VectorSpec, WithVectors, COMPLEXITY, INDEX_NORM,
 };
+use crate::phase_timings::PhaseClock;
 use crate::record::{
     tag_pairs, Expert, ExpertPayload, StoredExpert, StoredTask, Tags, TaskPayload, TaskSummary,
     PAYLOAD_SCHEMA,
@@ -1237,7 +1238,7 @@ impl Store {
         c: &dyn Collection,
         p: &Point,
     ) -> Result<T> {
-        serde_json::from_value(Value::Object(p.payload.clone()))
+        T::deserialize(&p.payload)
             .map_err(|e| corrupt(c, p.id, format!("payload does not parse: {e}")))
     }
 
@@ -1278,7 +1279,9 @@ impl Store {
         query: &Nearest,
         target: &Embedding,
     ) -> Result<Vec<(Scored, f64)>> {
+        let mut clock = PhaseClock::start();
         let hits = self.collection(kind).search(query)?;
+        clock.searched();
         let rank: HashMap<Uuid, (usize, f32)> = hits
             .iter()
             .enumerate()
@@ -1290,8 +1293,11 @@ impl Store {
             ids.par_chunks(ids.len().div_ceil(rayon::current_num_threads()).max(1))
                 .map(|ids| {
                     let mut out = Vec::with_capacity(ids.len());
-                    for mut point in self.read_points(kind, ids, WithVectors::Only(&[HESSIAN]))? {
-                        let d = d_sym_fast(self.dense(kind, &point, HESSIAN)?, &target.hessian)?;
+                    let points = clock
+                        .reading(|| self.read_points(kind, ids, WithVectors::Only(&[HESSIAN])))?;
+                    for mut point in points {
+                        let raw = self.dense(kind, &point, HESSIAN)?;
+                        let d = clock.comparing(|| d_sym_fast(raw, &target.hessian))?;
                         point.vectors.clear();
                         if let Some(&(i, score)) = rank.get(&point.id) {
                             out.push((i, Scored { point, score }, d));
@@ -1309,6 +1315,7 @@ impl Store {
         .flatten()
         .collect();
         found.sort_by_key(|(i, _, _)| *i);
+        clock.done();
         Ok(found.into_iter().map(|(_, hit, d)| (hit, d)).collect())
     }
 

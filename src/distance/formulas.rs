@@ -119,30 +119,95 @@ pub(super) fn d_sym_one_pass(a: &[f32], b: &[f32]) -> Option<f64> {
     d.is_finite().then(|| d.clamp(0.0, 2.0))
 }
 
-/// [`d_sym_one_pass`] summed in [`LANES`] interleaved lanes, with one division per
-/// coordinate (`u = x · r`, `v = y · r`, `r = 1 / (x + y + ε)`) and no branch, so the compiler
-/// vectorises it: the same value to about 1e-13 relative (the sums' order and one rounding per
-/// coordinate differ, and `1 − cosine` magnifies that), not the same bits. A pair of zeros adds nothing to the sums (both
-/// scaled values are 0) and is left out of the count, as in the reference. `None` where
-/// [`d_sym_one_pass`] would be, for the general path to judge.
+/// [`d_sym_one_pass`] summed in interleaved lanes, with one division per coordinate
+/// (`u = x · r`, `v = y · r`, `r = 1 / (x + y + ε)`) and no branch: the same value to about
+/// 1e-13 relative (the sums' order and one rounding per coordinate differ, and `1 − cosine`
+/// magnifies that), not the same bits. A pair of zeros adds nothing to the sums (both scaled
+/// values are 0). `None` where [`d_sym_one_pass`] would be, for the general path to judge.
+/// [`d_sym_avx2_fma`] where the CPU has AVX2 and FMA, else [`d_sym_lanes_portable`].
 pub(super) fn d_sym_lanes(a: &[f32], b: &[f32]) -> Option<f64> {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2, checked just above.
-        return unsafe { d_sym_lanes_avx2(a, b) };
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has AVX2 and FMA, checked just above.
+        return unsafe { d_sym_avx2_fma(a, b) };
     }
     d_sym_lanes_portable(a, b)
 }
 
-/// [`d_sym_lanes_portable`] compiled for AVX2 (four f64 per register instead of SSE2's two).
+/// [`d_sym_lanes`] written for AVX2 and FMA: four coordinates per step in f64, two steps
+/// interleaved, bound by the one division per coordinate (the compiler's vectorisation of
+/// [`d_sym_lanes_portable`] spilled its 56 accumulators and ran three to four times slower).
+/// It keeps only the three sums: the count of live pairs cancels out of the cosine
+/// (`(uv/n) / √((uu/n)(vv/n)) = uv / √(uu·vv)`, equal up to rounding), an all-zero side shows
+/// as `uu` or `vv` equal to 0 (a positive f32 scaled by `r ≥ 1/(2·f32::MAX)` stays positive in
+/// f64), a NaN or an infinity makes the sums NaN (`∞ · 0`), and a negative entry shows in the
+/// running minimum of the inputs.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn d_sym_lanes_avx2(a: &[f32], b: &[f32]) -> Option<f64> {
-    d_sym_lanes_portable(a, b)
+#[target_feature(enable = "avx2,fma")]
+fn d_sym_avx2_fma(a: &[f32], b: &[f32]) -> Option<f64> {
+    use std::arch::x86_64::*;
+    if a.len() != b.len() {
+        return None;
+    }
+    let steps = a.len() / 8;
+    let (mut uv, mut uu, mut vv) = (
+        [_mm256_setzero_pd(); 2],
+        [_mm256_setzero_pd(); 2],
+        [_mm256_setzero_pd(); 2],
+    );
+    let mut low = _mm_setzero_ps();
+    let eps = _mm256_set1_pd(PAIR_EPSILON);
+    let one = _mm256_set1_pd(1.0);
+    for i in 0..steps {
+        for h in 0..2 {
+            let at = 8 * i + 4 * h;
+            // SAFETY: `at + 4 <= 8 * steps <= a.len() == b.len()`; unaligned loads.
+            let (xf, yf) = unsafe {
+                (
+                    _mm_loadu_ps(a.as_ptr().add(at)),
+                    _mm_loadu_ps(b.as_ptr().add(at)),
+                )
+            };
+            low = _mm_min_ps(low, _mm_min_ps(xf, yf));
+            let (x, y) = (_mm256_cvtps_pd(xf), _mm256_cvtps_pd(yf));
+            let r = _mm256_div_pd(one, _mm256_add_pd(_mm256_add_pd(x, y), eps));
+            let (u, v) = (_mm256_mul_pd(x, r), _mm256_mul_pd(y, r));
+            uv[h] = _mm256_fmadd_pd(u, v, uv[h]);
+            uu[h] = _mm256_fmadd_pd(u, u, uu[h]);
+            vv[h] = _mm256_fmadd_pd(v, v, vv[h]);
+        }
+    }
+    let sum = |acc: [__m256d; 2]| -> f64 {
+        let mut lanes = [0.0_f64; 4];
+        // SAFETY: `lanes` holds four f64.
+        unsafe { _mm256_storeu_pd(lanes.as_mut_ptr(), _mm256_add_pd(acc[0], acc[1])) };
+        lanes.iter().sum()
+    };
+    let (mut suv, mut suu, mut svv) = (sum(uv), sum(uu), sum(vv));
+    let mut lows = [0.0_f32; 4];
+    // SAFETY: `lows` holds four f32.
+    unsafe { _mm_storeu_ps(lows.as_mut_ptr(), low) };
+    let mut least = lows.iter().fold(0.0_f32, |m, &l| m.min(l));
+    for (&xf, &yf) in a[8 * steps..].iter().zip(&b[8 * steps..]) {
+        least = least.min(xf.min(yf));
+        let (x, y) = (f64::from(xf), f64::from(yf));
+        let r = 1.0 / (x + y + PAIR_EPSILON);
+        let (u, v) = (x * r, y * r);
+        suv = u.mul_add(v, suv);
+        suu = u.mul_add(u, suu);
+        svv = v.mul_add(v, svv);
+    }
+    if !(least >= 0.0 && suu > 0.0 && svv > 0.0) {
+        return None;
+    }
+    let d = (1.0 - suv / (suu * svv).sqrt()).abs();
+    d.is_finite().then(|| d.clamp(0.0, 2.0))
 }
 
+/// The portable form of [`d_sym_lanes`], in [`LANES`] lanes the compiler vectorises; it also
+/// counts the live pairs and divides by their number, as the reference does.
 #[inline(always)]
-fn d_sym_lanes_portable(a: &[f32], b: &[f32]) -> Option<f64> {
+pub(super) fn d_sym_lanes_portable(a: &[f32], b: &[f32]) -> Option<f64> {
     if a.len() != b.len() {
         return None;
     }
