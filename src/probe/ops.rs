@@ -76,11 +76,13 @@ mod batch_norm;
 mod depthwise;
 mod matmul;
 mod max_pool;
+mod winograd;
 
 pub use batch_norm::{batch_norm_train, bias_act};
 pub use depthwise::depthwise_conv2d;
-pub use matmul::{channel_matmul, conv2d, conv2d_same, pointwise_conv};
+pub use matmul::{channel_matmul, conv2d, conv2d_im2col, conv2d_same, pointwise_conv};
 pub use max_pool::max_pool_3x3_s2_p1;
+pub use winograd::conv3x3_winograd;
 
 /// Every [`Activation`], for the tests.
 #[cfg(test)]

@@ -257,17 +257,17 @@ impl CustomOp1 for Col2Im {
 
 /// A strided read-only matrix: element `(i, j)` is `data[i * rs + j * cs]`.
 #[derive(Clone, Copy)]
-struct MatRef<'a, T> {
-    data: &'a [T],
-    rs: usize,
-    cs: usize,
+pub(super) struct MatRef<'a, T> {
+    pub data: &'a [T],
+    pub rs: usize,
+    pub cs: usize,
 }
 
 /// `dst[m×n] (row-major) = lhs[m×k] · rhs[k×n]`, or `+=` when `accumulate`.
 ///
 /// Every index the product touches is checked against the slices first, which is what makes
 /// the call into `gemm` sound.
-fn gemm_into<T: WithDType>(
+pub(super) fn gemm_into<T: WithDType>(
     dst: &mut [T],
     (m, n, k): (usize, usize, usize),
     lhs: MatRef<'_, T>,
@@ -613,6 +613,18 @@ pub fn conv2d(x: &Tensor, kernel: &Tensor, stride: usize, padding: usize) -> Res
     if !x.device().is_cpu() || !matches!(x.dtype(), DType::F32 | DType::F64) {
         return Ok(x.conv2d(kernel, padding, stride, 1, 1)?);
     }
+    let (_, c, h, w) = x.dims4()?;
+    let (_, _, kh, kw) = kernel.dims4()?;
+    if kh == kw && super::winograd::applies(kh, stride, padding, c, h, w) {
+        return super::winograd::conv3x3_winograd(x, kernel);
+    }
+    conv2d_im2col(x, kernel, stride, padding)
+}
+
+/// [`conv2d`] always through im2col and matrix products (f32 or f64 on the CPU), also where
+/// [`conv2d`] would use Winograd's algorithm: for benchmarks and cross-checks.
+pub fn conv2d_im2col(x: &Tensor, kernel: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
+    let stride = stride.max(1);
     let op = DenseConv { stride, padding };
     Ok(x.contiguous()?.apply_op2(&kernel.contiguous()?, op)?)
 }
@@ -630,6 +642,46 @@ const KERNEL_GRAD_PARTS: usize = 2;
 /// How many consecutive images share one column matrix.
 fn images_per_group(n: usize, out_plane: usize) -> usize {
     GROUP_COLUMNS.div_ceil(out_plane.max(1)).clamp(1, n.max(1))
+}
+
+/// A sum over the groups of `g` consecutive images (of `n`) of `len` values, with bits that do
+/// not depend on the thread count: the groups split into [`KERNEL_GRAD_PARTS`] fixed runs, each
+/// accumulated group after group on its own thread by `add_group(first_image, sum, accumulate,
+/// par)` (`accumulate` false for a run's first group, which overwrites the zeroed sum; `par`
+/// the threads left to each run), and the runs' sums added in order.
+pub(super) fn sum_in_fixed_runs<T: WithDType>(
+    n: usize,
+    g: usize,
+    len: usize,
+    add_group: impl Fn(usize, &mut [T], bool, Parallelism) -> candle_core::Result<()> + Sync,
+) -> candle_core::Result<Vec<T>> {
+    let starts: Vec<usize> = (0..n).step_by(g.max(1)).collect();
+    let runs: Vec<&[usize]> = starts
+        .chunks(starts.len().div_ceil(KERNEL_GRAD_PARTS).max(1))
+        .collect();
+    let par = match rayon::current_num_threads() / runs.len().max(1) {
+        0 | 1 => Parallelism::None,
+        t => Parallelism::Rayon(t),
+    };
+    let partial = |run: &[usize]| -> candle_core::Result<Vec<T>> {
+        let mut sum = vec![T::from_f64(0.0); len];
+        for (index, &b0) in run.iter().enumerate() {
+            add_group(b0, &mut sum, index > 0, par)?;
+        }
+        Ok(sum)
+    };
+    let mut sums = runs
+        .into_par_iter()
+        .map(partial)
+        .collect::<candle_core::Result<Vec<_>>>()?
+        .into_iter();
+    let mut total = sums.next().unwrap_or_else(|| vec![T::from_f64(0.0); len]);
+    for part in sums {
+        for (a, b) in total.iter_mut().zip(part) {
+            *a += b;
+        }
+    }
+    Ok(total)
 }
 
 /// Unfolds `gi` consecutive images of `c` planes into one `[c·taps, gi·outp]` column matrix
@@ -842,48 +894,22 @@ impl DenseConv {
         let taps = Taps::of(win);
         let ckk = c * taps.len();
         let g = images_per_group(n, outp);
-        let starts: Vec<usize> = (0..n).step_by(g).collect();
-        let runs: Vec<&[usize]> = starts
-            .chunks(starts.len().div_ceil(KERNEL_GRAD_PARTS).max(1))
-            .collect();
-        let threads = rayon::current_num_threads();
-        let par = match threads / runs.len().max(1) {
-            0 | 1 => Parallelism::None,
-            t => Parallelism::Rayon(t),
-        };
-        let partial = |run: &[usize]| -> candle_core::Result<Vec<T>> {
-            let mut gk = vec![T::from_f64(0.0); o * ckk];
-            for (index, &b0) in run.iter().enumerate() {
-                let gi = g.min(n - b0);
-                let cols = unfold_images(&x[b0 * c * inp..(b0 + gi) * c * inp], c, win, &taps);
-                let gy = grouped(&grad[b0 * o * outp..(b0 + gi) * o * outp], o, outp);
-                let gy = MatRef {
-                    data: &gy,
-                    rs: gi * outp,
-                    cs: 1,
-                };
-                let cols_t = MatRef {
-                    data: &cols,
-                    rs: 1,
-                    cs: gi * outp,
-                };
-                gemm_into(&mut gk, (o, ckk, gi * outp), gy, cols_t, index > 0, par)?;
-            }
-            Ok(gk)
-        };
-        let mut sums = runs
-            .into_par_iter()
-            .map(partial)
-            .collect::<candle_core::Result<Vec<_>>>()?
-            .into_iter();
-        let mut gk = sums
-            .next()
-            .unwrap_or_else(|| vec![T::from_f64(0.0); o * ckk]);
-        for part in sums {
-            for (a, b) in gk.iter_mut().zip(part) {
-                *a += b;
-            }
-        }
+        let gk = sum_in_fixed_runs(n, g, o * ckk, |b0, gk, accumulate, par| {
+            let gi = g.min(n - b0);
+            let cols = unfold_images(&x[b0 * c * inp..(b0 + gi) * c * inp], c, win, &taps);
+            let gy = grouped(&grad[b0 * o * outp..(b0 + gi) * o * outp], o, outp);
+            let gy = MatRef {
+                data: &gy,
+                rs: gi * outp,
+                cs: 1,
+            };
+            let cols_t = MatRef {
+                data: &cols,
+                rs: 1,
+                cs: gi * outp,
+            };
+            gemm_into(gk, (o, ckk, gi * outp), gy, cols_t, accumulate, par)
+        })?;
         Ok(if taps.is_full(win.k) {
             gk
         } else {
