@@ -43,3 +43,19 @@ pub fn configure_threads(requested: Option<usize>) -> usize {
         .build_global();
     n
 }
+
+/// Batches whose input holds at most this many values (64 images of 3×64×64) run two at a time
+/// ([`runs_in_pairs`]).
+const PAIRED_INPUT_VALUES: usize = 64 * 3 * 64 * 64;
+
+/// Whether Fisher batches with `input_values` input values should run two at a time, side by
+/// side on the thread pool (the Monte-Carlo estimator). On small images a forward and backward
+/// pass is a long chain of short operations, each too short to keep every core busy; two
+/// independent chains fill the gaps (ResNet-18 at 32 px: the Fisher pass ≈ 15 % faster; the
+/// feature pass, forward only, gained nothing measurable and runs one batch at a time). Each
+/// batch's arithmetic is the same whatever runs beside it and results are taken in batch order,
+/// so the bits do not change. Large batches run alone: their operations fill the cores already,
+/// and two at once would double the peak memory.
+pub fn runs_in_pairs(input_values: usize) -> bool {
+    input_values <= PAIRED_INPUT_VALUES
+}

@@ -16,17 +16,8 @@ use super::{
     FisherDiag, FisherSettings, HeadTensors, SquaredGradSums,
 };
 use crate::probe::{Forward, Probe};
+use crate::threads::runs_in_pairs;
 use crate::Result;
-
-/// Batches whose input holds at most this many values (64 images of 3×64×64 at most) run two at
-/// a time: the forward passes side by side, then the labels drawn in batch order, then the
-/// backward passes side by side. On small images a pass is a long chain of small operations,
-/// each too short to keep every core busy on its own; two independent chains fill the gaps.
-/// The sums take the batches in order and each batch's arithmetic does not depend on what runs
-/// beside it, so the result is the same bits as one batch at a time. Larger batches run alone:
-/// two graphs at once would double the peak memory, and their operations already fill the
-/// cores.
-const PAIRED_INPUT_VALUES: usize = 64 * 3 * 64 * 64;
 
 /// One batch's forward pass: its size and logits.
 fn forward(
@@ -60,16 +51,18 @@ pub(crate) fn estimate(
     source: &dyn BatchSource,
     settings: &FisherSettings,
 ) -> Result<FisherDiag> {
-    estimate_pairing(probe, head, source, settings, PAIRED_INPUT_VALUES)
+    estimate_pairing(probe, head, source, settings, runs_in_pairs)
 }
 
-/// [`estimate`], pairing batches whose input holds at most `pair_up_to` values.
+/// [`estimate`], running two batches side by side (the forward passes, then the labels drawn in
+/// batch order, then the backward passes; sums in batch order) when `pair(input values of the
+/// first)` says so.
 fn estimate_pairing(
     probe: &dyn Probe,
     head: &HeadTensors,
     source: &dyn BatchSource,
     settings: &FisherSettings,
-    pair_up_to: usize,
+    pair: fn(usize) -> bool,
 ) -> Result<FisherDiag> {
     let params = covered_params(probe, settings.from_stage);
     let mut sums = SquaredGradSums::new(&params)?;
@@ -85,7 +78,7 @@ fn estimate_pairing(
     while let Some((index, batch)) = batches.next() {
         let batch = batch?;
         let mut group = vec![(index, batch)];
-        if group[0].1.input.elem_count() <= pair_up_to {
+        if pair(group[0].1.input.elem_count()) {
             if let Some((next, second)) = batches.next() {
                 group.push((next, second?));
             }
@@ -188,8 +181,8 @@ mod tests {
             seed: 7,
             variational: VariationalSettings::default(),
         };
-        let bits = |pair_up_to: usize| {
-            let f = estimate_pairing(&probe, &head, &source, &settings, pair_up_to).unwrap();
+        let bits = |pair: fn(usize) -> bool| {
+            let f = estimate_pairing(&probe, &head, &source, &settings, pair).unwrap();
             let params: Vec<Vec<u64>> = f
                 .params
                 .iter()
@@ -202,8 +195,12 @@ mod tests {
             let losses: Vec<u64> = f.losses.iter().map(|l| l.to_bits()).collect();
             (params, losses, f.samples)
         };
-        let alone = bits(0);
-        let paired = bits(usize::MAX);
+        assert!(
+            runs_in_pairs(4 * 3 * 32 * 32),
+            "these batches are small enough to pair"
+        );
+        let alone = bits(|_| false);
+        let paired = bits(runs_in_pairs);
         assert_eq!(alone.1.len(), 3, "one loss per batch");
         assert_eq!(alone.2, 12);
         assert!(alone == paired, "pairing batches changed the estimate");
