@@ -92,32 +92,40 @@ impl Taps {
 
 /// Writes the column rows of one input plane `xp` into `rows`, one row per live tap, row `r`
 /// starting at `r * row_stride` (`row_stride` = the output plane for a lone image, wider when
-/// several images share one column matrix). Entries that fall in the padding are left
-/// untouched, so `rows` must start zeroed.
+/// several images share one column matrix). Each pixel is a block of `block` consecutive
+/// values (one image's value when `block` is 1; the same pixel of `block` images, image-minor,
+/// when images share a column matrix), copied as a whole. Entries that fall in the padding are
+/// left untouched, so `rows` must start zeroed.
 fn unfold_plane<T: WithDType>(
     xp: &[T],
     win: Window,
     taps: &Taps,
     rows: &mut [T],
     row_stride: usize,
+    block: usize,
 ) {
     for (r, &(i, _, (lo, hi, ix))) in taps.live.iter().enumerate() {
         if lo >= hi {
             continue;
         }
         let start = r * row_stride;
-        let row = &mut rows[start..start + win.out_plane()];
+        let row = &mut rows[start..start + win.out_plane() * block];
         for oy in 0..win.out_h {
             let Some(iy) = win.in_row(oy, i) else {
                 continue;
             };
-            let xrow = &xp[iy * win.w..(iy + 1) * win.w];
-            let orow = &mut row[oy * win.out_w + lo..oy * win.out_w + hi];
+            let xrow = &xp[iy * win.w * block..(iy + 1) * win.w * block];
+            let orow = &mut row[(oy * win.out_w + lo) * block..(oy * win.out_w + hi) * block];
             if win.stride == 1 {
-                orow.copy_from_slice(&xrow[ix..ix + (hi - lo)]);
-            } else {
+                orow.copy_from_slice(&xrow[ix * block..(ix + hi - lo) * block]);
+            } else if block == 1 {
                 for (d, &v) in orow.iter_mut().zip(xrow[ix..].iter().step_by(win.stride)) {
                     *d = v;
+                }
+            } else {
+                let pixels = xrow[ix * block..].chunks(block).step_by(win.stride);
+                for (d, src) in orow.chunks_exact_mut(block).zip(pixels) {
+                    d.copy_from_slice(src);
                 }
             }
         }
@@ -132,26 +140,37 @@ fn fold_plane<T: WithDType>(
     win: Window,
     taps: &Taps,
     gxp: &mut [T],
+    block: usize,
 ) {
     for (r, &(i, _, (lo, hi, ix))) in taps.live.iter().enumerate() {
         if lo >= hi {
             continue;
         }
         let start = r * row_stride;
-        let row = &rows[start..start + win.out_plane()];
+        let row = &rows[start..start + win.out_plane() * block];
         for oy in 0..win.out_h {
             let Some(iy) = win.in_row(oy, i) else {
                 continue;
             };
-            let grow = &row[oy * win.out_w + lo..oy * win.out_w + hi];
-            let xrow = &mut gxp[iy * win.w..(iy + 1) * win.w];
+            let grow = &row[(oy * win.out_w + lo) * block..(oy * win.out_w + hi) * block];
+            let xrow = &mut gxp[iy * win.w * block..(iy + 1) * win.w * block];
             if win.stride == 1 {
-                for (d, &v) in xrow[ix..ix + (hi - lo)].iter_mut().zip(grow) {
+                for (d, &v) in xrow[ix * block..(ix + hi - lo) * block]
+                    .iter_mut()
+                    .zip(grow)
+                {
+                    *d += v;
+                }
+            } else if block == 1 {
+                for (d, &v) in xrow[ix..].iter_mut().step_by(win.stride).zip(grow) {
                     *d += v;
                 }
             } else {
-                for (d, &v) in xrow[ix..].iter_mut().step_by(win.stride).zip(grow) {
-                    *d += v;
+                let pixels = xrow[ix * block..].chunks_mut(block).step_by(win.stride);
+                for (d, src) in pixels.zip(grow.chunks_exact(block)) {
+                    for (d, &v) in d.iter_mut().zip(src) {
+                        *d += v;
+                    }
                 }
             }
         }
@@ -172,7 +191,14 @@ impl Im2Col {
         cols.par_chunks_mut(kk * outp)
             .enumerate()
             .for_each(|(plane, rows)| {
-                unfold_plane(&x[plane * inp..(plane + 1) * inp], win, &taps, rows, outp)
+                unfold_plane(
+                    &x[plane * inp..(plane + 1) * inp],
+                    win,
+                    &taps,
+                    rows,
+                    outp,
+                    1,
+                )
             });
         cols
     }
@@ -188,7 +214,7 @@ impl Im2Col {
         let taps = Taps::all(win);
         gx.par_chunks_mut(inp).enumerate().for_each(|(plane, gxp)| {
             let rows = &cols[plane * kk * outp..(plane + 1) * kk * outp];
-            fold_plane(rows, outp, win, &taps, gxp)
+            fold_plane(rows, outp, win, &taps, gxp, 1)
         });
         gx
     }
@@ -684,8 +710,47 @@ pub(super) fn sum_in_fixed_runs<T: WithDType>(
     Ok(total)
 }
 
-/// Unfolds `gi` consecutive images of `c` planes into one `[c·taps, gi·outp]` column matrix
-/// (the live taps only), image `i` in columns `i·outp .. (i+1)·outp`.
+/// `[gi, rows]` -> `[rows, gi]`: `gi` images' values side by side, image-minor (borrowed for a
+/// lone image). This is the layout of a group's column matrix and product, so that a pixel of
+/// every image of the group moves as one block and short rows of small planes become long
+/// copies.
+fn image_minor<T: WithDType>(x: &[T], gi: usize) -> Cow<'_, [T]> {
+    if gi <= 1 {
+        return Cow::Borrowed(x);
+    }
+    let rows = x.len() / gi;
+    let mut out = vec![T::from_f64(0.0); x.len()];
+    out.par_chunks_mut(gi * TRANSPOSE_ROWS)
+        .enumerate()
+        .for_each(|(chunk, dst)| {
+            let r0 = chunk * TRANSPOSE_ROWS;
+            for (r, d) in dst.chunks_exact_mut(gi).enumerate() {
+                for (i, v) in d.iter_mut().enumerate() {
+                    *v = x[i * rows + r0 + r];
+                }
+            }
+        });
+    Cow::Owned(out)
+}
+
+/// The inverse of [`image_minor`], written into `dst` (`[gi, rows]`).
+fn from_image_minor<T: WithDType>(x: &[T], gi: usize, dst: &mut [T]) {
+    let rows = dst.len().checked_div(gi).unwrap_or(0);
+    if rows == 0 {
+        return;
+    }
+    dst.par_chunks_mut(rows).enumerate().for_each(|(i, image)| {
+        for (r, d) in image.iter_mut().enumerate() {
+            *d = x[r * gi + i];
+        }
+    });
+}
+
+/// Rows per parallel task of [`image_minor`].
+const TRANSPOSE_ROWS: usize = 1024;
+
+/// Unfolds `gi` consecutive images of `c` planes into one `[c·taps, outp·gi]` column matrix
+/// (the live taps only), image-minor: column `p·gi + i` is output pixel `p` of image `i`.
 fn unfold_images<T: WithDType>(x: &[T], c: usize, win: Window, taps: &Taps) -> Vec<T> {
     let (inp, outp, kt) = (win.in_plane(), win.out_plane(), taps.len());
     let gi = x.len().checked_div(c * inp).unwrap_or(0);
@@ -694,19 +759,19 @@ fn unfold_images<T: WithDType>(x: &[T], c: usize, win: Window, taps: &Taps) -> V
     if cols.is_empty() {
         return cols;
     }
+    let xt = image_minor(x, gi);
     // One task per input channel: its rows, every image's columns.
     cols.par_chunks_mut(kt * row_stride)
         .enumerate()
-        .for_each(|(ch, block)| {
-            for i in 0..gi {
-                let xp = &x[(i * c + ch) * inp..(i * c + ch + 1) * inp];
-                unfold_plane(xp, win, taps, &mut block[i * outp..], row_stride);
-            }
+        .for_each(|(ch, rows)| {
+            let xp = &xt[ch * inp * gi..(ch + 1) * inp * gi];
+            unfold_plane(xp, win, taps, rows, row_stride, gi);
         });
     cols
 }
 
-/// The adjoint of [`unfold_images`]: adds the column matrix back into `gx` (`gi` images).
+/// The adjoint of [`unfold_images`]: writes the column matrix folded back into `gx` (`gi`
+/// images, `[gi, c, inp]`).
 fn fold_images<T: WithDType>(cols: &[T], c: usize, win: Window, taps: &Taps, gx: &mut [T]) {
     let (inp, outp, kt) = (win.in_plane(), win.out_plane(), taps.len());
     let gi = gx.len().checked_div(c * inp).unwrap_or(0);
@@ -714,43 +779,20 @@ fn fold_images<T: WithDType>(cols: &[T], c: usize, win: Window, taps: &Taps, gx:
     if inp == 0 || kt == 0 {
         return;
     }
-    gx.par_chunks_mut(inp).enumerate().for_each(|(plane, gxp)| {
-        let (i, ch) = (plane / c, plane % c);
-        let rows = &cols[ch * kt * row_stride + i * outp..];
-        fold_plane(rows, row_stride, win, taps, gxp);
-    });
-}
-
-/// `[gi, o, p]` (image-major) -> `[o, gi·p]` (the column layout of a group's product).
-fn group_major<T: WithDType>(x: &[T], o: usize, p: usize) -> Vec<T> {
-    let gi = x.len().checked_div(o * p).unwrap_or(0);
-    let mut out = vec![T::from_f64(0.0); x.len()];
-    for (i, image) in x.chunks_exact(o * p).enumerate() {
-        for (r, row) in image.chunks_exact(p).enumerate() {
-            out[r * gi * p + i * p..r * gi * p + (i + 1) * p].copy_from_slice(row);
-        }
+    let fold = |ch: usize, gp: &mut [T]| {
+        fold_plane(&cols[ch * kt * row_stride..], row_stride, win, taps, gp, gi)
+    };
+    if gi == 1 {
+        gx.par_chunks_mut(inp)
+            .enumerate()
+            .for_each(|(ch, gp)| fold(ch, gp));
+        return;
     }
-    out
-}
-
-/// A group's output gradient in the column layout of its product: borrowed for a lone image,
-/// regrouped ([`group_major`]) otherwise.
-fn grouped<T: WithDType>(grad: &[T], o: usize, p: usize) -> Cow<'_, [T]> {
-    if grad.len() == o * p {
-        Cow::Borrowed(grad)
-    } else {
-        Cow::Owned(group_major(grad, o, p))
-    }
-}
-
-/// The inverse of [`group_major`], into `dst`.
-fn image_major<T: WithDType>(x: &[T], o: usize, p: usize, dst: &mut [T]) {
-    let gi = dst.len().checked_div(o * p).unwrap_or(0);
-    for (i, image) in dst.chunks_exact_mut(o * p).enumerate() {
-        for (r, row) in image.chunks_exact_mut(p).enumerate() {
-            row.copy_from_slice(&x[r * gi * p + i * p..r * gi * p + (i + 1) * p]);
-        }
-    }
+    let mut gt = vec![T::from_f64(0.0); gx.len()];
+    gt.par_chunks_mut(inp * gi)
+        .enumerate()
+        .for_each(|(ch, gp)| fold(ch, gp));
+    from_image_minor(&gt, gi, gx);
 }
 
 /// The kernel as the matrix products see it: borrowed when every tap is live, restricted to
@@ -839,7 +881,7 @@ impl DenseConv {
             }
             let mut product = vec![T::from_f64(0.0); yg.len()];
             gemm_into(&mut product, (o, gi * outp, ckk), k, cols, false, par)?;
-            image_major(&product, o, outp, yg);
+            from_image_minor(&product, gi, yg);
             Ok(())
         })?;
         Ok(y)
@@ -861,7 +903,7 @@ impl DenseConv {
         let g = images_per_group(n, outp);
         for_each_group(&mut gx, c * inp, g, |b0, gxg, par| {
             let gi = gxg.len() / (c * inp);
-            let gy = grouped(&grad[b0 * o * outp..(b0 + gi) * o * outp], o, outp);
+            let gy = image_minor(&grad[b0 * o * outp..(b0 + gi) * o * outp], gi);
             let mut cols = vec![T::from_f64(0.0); ckk * gi * outp];
             let kt = MatRef {
                 data: &kernel,
@@ -897,7 +939,7 @@ impl DenseConv {
         let gk = sum_in_fixed_runs(n, g, o * ckk, |b0, gk, accumulate, par| {
             let gi = g.min(n - b0);
             let cols = unfold_images(&x[b0 * c * inp..(b0 + gi) * c * inp], c, win, &taps);
-            let gy = grouped(&grad[b0 * o * outp..(b0 + gi) * o * outp], o, outp);
+            let gy = image_minor(&grad[b0 * o * outp..(b0 + gi) * o * outp], gi);
             let gy = MatRef {
                 data: &gy,
                 rs: gi * outp,
