@@ -56,6 +56,6 @@ const PAIRED_INPUT_VALUES: usize = 64 * 3 * 64 * 64;
 /// batch's arithmetic is the same whatever runs beside it and results are taken in batch order,
 /// so the bits do not change. Large batches run alone: their operations fill the cores already,
 /// and two at once would double the peak memory.
-pub fn runs_in_pairs(input_values: usize) -> bool {
+pub(crate) fn runs_in_pairs(input_values: usize) -> bool {
     input_values <= PAIRED_INPUT_VALUES
 }

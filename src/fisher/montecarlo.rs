@@ -44,6 +44,20 @@ fn backward(logits: &Tensor, labels: &Tensor) -> Result<(GradStore, f64)> {
     Ok((grads, loss.to_dtype(DType::F64)?.to_scalar::<f64>()?))
 }
 
+/// `f` of every item (one or two), two side by side on the thread pool; results in order.
+fn side_by_side<I: Sync, R: Send>(
+    items: &[I],
+    f: impl Fn(&I) -> Result<R> + Sync,
+) -> Result<Vec<R>> {
+    match items {
+        [a, b] => {
+            let (ra, rb) = rayon::join(|| f(a), || f(b));
+            Ok(vec![ra?, rb?])
+        }
+        _ => items.iter().map(f).collect(),
+    }
+}
+
 /// Runs the Monte-Carlo estimator over epoch 0 of `source`.
 pub(crate) fn estimate(
     probe: &dyn Probe,
@@ -83,34 +97,14 @@ fn estimate_pairing(
                 group.push((next, second?));
             }
         }
-        let passes: Vec<(usize, Tensor)> = match group.as_slice() {
-            [(i, a), (j, b)] => {
-                let (fa, fb) = rayon::join(
-                    || forward(probe, head, a, *i, settings),
-                    || forward(probe, head, b, *j, settings),
-                );
-                vec![fa?, fb?]
-            }
-            _ => group
-                .iter()
-                .map(|(i, a)| forward(probe, head, a, *i, settings))
-                .collect::<Result<_>>()?,
-        };
-        let mut labels = Vec::with_capacity(group.len());
+        let passes = side_by_side(&group, |(i, batch)| {
+            forward(probe, head, batch, *i, settings)
+        })?;
+        let mut jobs = Vec::with_capacity(group.len());
         for ((index, batch), (n, logits)) in group.iter().zip(&passes) {
-            labels.push(labels_of(batch, *n, logits, *index)?);
+            jobs.push((logits, labels_of(batch, *n, logits, *index)?));
         }
-        let results: Vec<(GradStore, f64)> = match (passes.as_slice(), labels.as_slice()) {
-            ([(_, la), (_, lb)], [ya, yb]) => {
-                let (ga, gb) = rayon::join(|| backward(la, ya), || backward(lb, yb));
-                vec![ga?, gb?]
-            }
-            _ => passes
-                .iter()
-                .zip(&labels)
-                .map(|((_, logits), y)| backward(logits, y))
-                .collect::<Result<_>>()?,
-        };
+        let results = side_by_side(&jobs, |(logits, labels)| backward(logits, labels))?;
         for ((grads, loss), (n, _)) in results.into_iter().zip(&passes) {
             sums.add(&params, &grads)?;
             losses.push(loss);

@@ -633,7 +633,8 @@ pub fn conv2d_same(x: &Tensor, kernel: &Tensor, stride: usize) -> Result<Tensor>
 /// keeping the columns (k² times the input) in the graph: the kernel gradient accumulates
 /// `Σ_b dY_b · cols_bᵀ` in place, the input gradient folds `Kᵀ · dY_b` back (col2im); it
 /// needs no zero-stuffing for strides and computes only the gradients that are tracked.
-/// Elsewhere it is candle's `conv2d`.
+/// 3×3 stride-1 convolutions on planes where it measured faster go through Winograd's
+/// F(2×2, 3×3) instead (see `applies` in `winograd.rs`). Elsewhere it is candle's `conv2d`.
 pub fn conv2d(x: &Tensor, kernel: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
     let stride = stride.max(1);
     if !x.device().is_cpu() || !matches!(x.dtype(), DType::F32 | DType::F64) {
@@ -710,6 +711,28 @@ pub(super) fn sum_in_fixed_runs<T: WithDType>(
     Ok(total)
 }
 
+/// `dst` `[b, a]` = the transpose of `x` `[a, b]`, in parallel over runs of `dst`'s rows.
+fn transpose_into<T: WithDType>(x: &[T], a: usize, dst: &mut [T]) {
+    let b = x.len().checked_div(a).unwrap_or(0);
+    if b == 0 {
+        return;
+    }
+    let rows_per_task = (TRANSPOSE_VALUES / a).max(1);
+    dst.par_chunks_mut(a * rows_per_task)
+        .enumerate()
+        .for_each(|(chunk, d)| {
+            let j0 = chunk * rows_per_task;
+            for (j, row) in d.chunks_exact_mut(a).enumerate() {
+                for (i, v) in row.iter_mut().enumerate() {
+                    *v = x[i * b + j0 + j];
+                }
+            }
+        });
+}
+
+/// Values per parallel task of [`transpose_into`].
+const TRANSPOSE_VALUES: usize = 16 * 1024;
+
 /// `[gi, rows]` -> `[rows, gi]`: `gi` images' values side by side, image-minor (borrowed for a
 /// lone image). This is the layout of a group's column matrix and product, so that a pixel of
 /// every image of the group moves as one block and short rows of small planes become long
@@ -718,36 +741,17 @@ fn image_minor<T: WithDType>(x: &[T], gi: usize) -> Cow<'_, [T]> {
     if gi <= 1 {
         return Cow::Borrowed(x);
     }
-    let rows = x.len() / gi;
     let mut out = vec![T::from_f64(0.0); x.len()];
-    out.par_chunks_mut(gi * TRANSPOSE_ROWS)
-        .enumerate()
-        .for_each(|(chunk, dst)| {
-            let r0 = chunk * TRANSPOSE_ROWS;
-            for (r, d) in dst.chunks_exact_mut(gi).enumerate() {
-                for (i, v) in d.iter_mut().enumerate() {
-                    *v = x[i * rows + r0 + r];
-                }
-            }
-        });
+    transpose_into(x, gi, &mut out);
     Cow::Owned(out)
 }
 
 /// The inverse of [`image_minor`], written into `dst` (`[gi, rows]`).
 fn from_image_minor<T: WithDType>(x: &[T], gi: usize, dst: &mut [T]) {
-    let rows = dst.len().checked_div(gi).unwrap_or(0);
-    if rows == 0 {
-        return;
+    if let Some(rows) = dst.len().checked_div(gi) {
+        transpose_into(x, rows, dst);
     }
-    dst.par_chunks_mut(rows).enumerate().for_each(|(i, image)| {
-        for (r, d) in image.iter_mut().enumerate() {
-            *d = x[r * gi + i];
-        }
-    });
 }
-
-/// Rows per parallel task of [`image_minor`].
-const TRANSPOSE_ROWS: usize = 1024;
 
 /// Unfolds `gi` consecutive images of `c` planes into one `[c·taps, outp·gi]` column matrix
 /// (the live taps only), image-minor: column `p·gi + i` is output pixel `p` of image `i`.

@@ -54,8 +54,8 @@ impl Tiling {
     }
 }
 
-/// Whether [`conv3x3_winograd`] applies, and pays: a square 3×3 kernel, stride 1, padding 1, `c` input
-/// channels, an `h`×`w` plane. On small planes the transforms' per-row and per-call costs (the
+/// Whether [`conv3x3_winograd`] applies, and pays: a square 3×3 kernel, stride 1, padding 1,
+/// `c` input channels, an `h`×`w` plane. On small planes the transforms' per-row and per-call costs (the
 /// kernel's transform is 16/9 the kernel, made again on every call) outweigh the saved
 /// arithmetic: with ResNet-18 on 32-pixel inputs (planes of 8×8, 4×4, 2×2) im2col was faster at
 /// every stage, and the whole embedding took a third longer with Winograd everywhere, while at
@@ -443,6 +443,57 @@ fn scratch<T: WithDType>(buf: &mut Vec<T>, len: usize) -> &mut [T] {
     &mut buf[..len]
 }
 
+/// `M_ξ[o, pb] = U_ξ[o, c] · V_ξ[c, pb]` for the 16 positions ξ, side by side: `m` is
+/// `M[ξ][o][pb]`, `u` is `U[ξ][o][c]`, `v` is `V[c][ξ][pb]`.
+fn products<T: WithDType>(
+    u: &[T],
+    v: &[T],
+    (o, c, pb): (usize, usize, usize),
+    m: &mut [T],
+) -> candle_core::Result<()> {
+    m.par_chunks_mut(o * pb)
+        .enumerate()
+        .try_for_each(|(xi, mx)| {
+            let lhs = MatRef {
+                data: &u[xi * o * c..(xi + 1) * o * c],
+                rs: c,
+                cs: 1,
+            };
+            let rhs = MatRef {
+                data: &v[xi * pb..],
+                rs: XI * pb,
+                cs: 1,
+            };
+            gemm_into(mx, (o, pb, c), lhs, rhs, false, Parallelism::None)
+        })
+}
+
+/// `dU_ξ[o, c] (+)= dM_ξ[o, pb] · V_ξ[c, pb]ᵀ` for the 16 positions ξ, side by side: `du` is
+/// `dU[ξ][o][c]`, `dm` is `dM[o][ξ][pb]`, `v` is `V[c][ξ][pb]`.
+fn kernel_products<T: WithDType>(
+    dm: &[T],
+    v: &[T],
+    (o, c, pb): (usize, usize, usize),
+    du: &mut [T],
+    accumulate: bool,
+) -> candle_core::Result<()> {
+    du.par_chunks_mut(o * c)
+        .enumerate()
+        .try_for_each(|(xi, dux)| {
+            let lhs = MatRef {
+                data: &dm[xi * pb..],
+                rs: XI * pb,
+                cs: 1,
+            };
+            let rhs = MatRef {
+                data: &v[xi * pb..],
+                rs: 1,
+                cs: XI * pb,
+            };
+            gemm_into(dux, (o, c, pb), lhs, rhs, accumulate, Parallelism::None)
+        })
+}
+
 /// The convolution of `n` images of `c` planes with the transformed kernel `u` (`U[ξ][o][c]`):
 /// `[n, o, h, w]`. Tasks of whole images run in parallel; within a block, the 16 products do.
 fn convolve<T: WithDType>(
@@ -469,23 +520,8 @@ fn convolve<T: WithDType>(
                     let pb = blk.tiles(tl);
                     let v = scratch(vbuf, c * XI * pb);
                     transform_input(xt, c, tl, blk, v);
-                    let v = &*v;
                     let m = scratch(mbuf, XI * o * pb);
-                    m.par_chunks_mut(o * pb)
-                        .enumerate()
-                        .try_for_each(|(xi, mx)| {
-                            let lhs = MatRef {
-                                data: &u[xi * o * c..(xi + 1) * o * c],
-                                rs: c,
-                                cs: 1,
-                            };
-                            let rhs = MatRef {
-                                data: &v[xi * pb..],
-                                rs: XI * pb,
-                                cs: 1,
-                            };
-                            gemm_into(mx, (o, pb, c), lhs, rhs, false, Parallelism::None)
-                        })?;
+                    products(u, v, (o, c, pb), m)?;
                     untransform_output(m, o, tl, blk, yt);
                 }
                 candle_core::Result::Ok(())
@@ -517,23 +553,7 @@ fn kernel_grad<T: WithDType>(
             transform_input(xt, c, tl, blk, v);
             let dm = scratch(&mut dmbuf, o * XI * pb);
             transform_output_grad(gt, o, tl, blk, dm);
-            let (v, dm) = (&*v, &*dm);
-            du.par_chunks_mut(o * c)
-                .enumerate()
-                .try_for_each(|(xi, dux)| {
-                    let lhs = MatRef {
-                        data: &dm[xi * pb..],
-                        rs: XI * pb,
-                        cs: 1,
-                    };
-                    let rhs = MatRef {
-                        data: &v[xi * pb..],
-                        rs: 1,
-                        cs: XI * pb,
-                    };
-                    let add = accumulate || index > 0;
-                    gemm_into(dux, (o, c, pb), lhs, rhs, add, Parallelism::None)
-                })?;
+            kernel_products(dm, v, (o, c, pb), du, accumulate || index > 0)?;
         }
         Ok(())
     })?;
